@@ -1,0 +1,92 @@
+//! The message bus of the presence broker.
+//!
+//! Services talk to each other through a [`Bus`]: publish a payload on a
+//! subject, subscribe to a subject pattern (NATS syntax: `*` matches one
+//! token, `>` the rest). Two implementations:
+//! - [`InProcessBus`]: the embedded default, one process, no network;
+//! - [`NatsBus`]: a real NATS connection (async-nats), selected with
+//!   `--nats-url`.
+//!
+//! Modules:
+//! - [`subjects`]: every subject name the broker uses (the only place they
+//!   are spelled out; documented in docs/subjects.md);
+//! - [`inprocess`], [`nats`]: the two implementations;
+//! - [`pattern`]: NATS subject matching, used by the in-process bus.
+
+pub mod inprocess;
+pub mod nats;
+pub mod pattern;
+pub mod subjects;
+
+pub use inprocess::InProcessBus;
+pub use nats::NatsBus;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Result alias of bus operations.
+pub type BusResult<T> = Result<T, BusError>;
+
+/// What can go wrong on the bus.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// The subject or pattern is not valid NATS syntax.
+    #[error("invalid subject {0:?}")]
+    InvalidSubject(String),
+    /// The connection is closed or the server cannot be reached.
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<BusError> for presence_core::ApiError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::InvalidSubject(s) => {
+                presence_core::ApiError::Internal(format!("invalid subject {s:?}"))
+            }
+            BusError::Unavailable(m) => presence_core::ApiError::Unavailable(m),
+        }
+    }
+}
+
+/// One message delivered to a subscriber.
+#[derive(Debug, Clone)]
+pub struct BusMessage {
+    /// The subject it was published on.
+    pub subject: String,
+    /// The payload, usually an encoded protobuf message.
+    pub payload: Bytes,
+}
+
+/// A boxed future returned by [`Bus`] methods.
+pub type BusFuture<'a, T> = Pin<Box<dyn Future<Output = BusResult<T>> + Send + 'a>>;
+
+/// A stream of messages for one subscription; dropping it unsubscribes.
+pub type BusSubscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
+
+/// A publish/subscribe message bus with NATS semantics: at most once,
+/// ordered per publisher and subject, slow subscribers lose messages
+/// rather than slow publishers down.
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes `payload` on `subject` (no wildcards).
+    fn publish(&self, subject: String, payload: Bytes) -> BusFuture<'_, ()>;
+
+    /// Subscribes to every subject matching `pattern`.
+    fn subscribe(&self, pattern: String) -> BusFuture<'_, BusSubscription>;
+
+    /// Subscribes as a member of queue group `group`: each message goes
+    /// to one member of the group.
+    fn queue_subscribe(&self, pattern: String, group: String) -> BusFuture<'_, BusSubscription>;
+
+    /// Waits until everything published so far has left this process.
+    fn flush(&self) -> BusFuture<'_, ()>;
+
+    /// Returns a short name of the implementation, for logs and health.
+    fn kind(&self) -> &'static str;
+}
+
+/// A shared handle to a bus.
+pub type SharedBus = Arc<dyn Bus>;

@@ -1,0 +1,116 @@
+//! The NATS bus: a thin layer over an `async_nats::Client`.
+//!
+//! Each subscription buffers at most `subscription_capacity` messages in
+//! the client (async-nats drops and reports a slow consumer beyond that).
+//! The client reconnects by itself; while disconnected, publishes are
+//! buffered by async-nats up to its own bound.
+
+use crate::{Bus, BusError, BusFuture, BusMessage, BusSubscription};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use std::time::Duration;
+
+/// A bus backed by a NATS connection.
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+}
+
+/// Connection settings of the NATS bus.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// Messages buffered per subscription before drops.
+    pub subscription_capacity: usize,
+    /// Name shown in the server's connection list.
+    pub connection_name: String,
+    /// How long to wait for the first connection.
+    pub connect_timeout: Duration,
+}
+
+impl NatsBus {
+    /// Connects to NATS. Fails if no server answers within the timeout.
+    pub async fn connect(cfg: &NatsConfig) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name(&cfg.connection_name)
+            .subscription_capacity(cfg.subscription_capacity.max(1))
+            .connection_timeout(cfg.connect_timeout)
+            .event_callback(|ev| async move {
+                tracing::info!(event = %ev, "nats connection event");
+            })
+            .connect(cfg.url.as_str())
+            .await
+            .map_err(|e| BusError::Unavailable(format!("connect to {}: {e}", cfg.url)))?;
+        Ok(Self { client })
+    }
+
+    /// Returns the underlying client (for JetStream use by services).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+}
+
+fn map_sub(sub: async_nats::Subscriber) -> BusSubscription {
+    Box::pin(sub.map(|m| BusMessage {
+        subject: m.subject.to_string(),
+        payload: m.payload,
+    }))
+}
+
+fn subject(s: String) -> Result<async_nats::Subject, BusError> {
+    if crate::pattern::valid_pattern(&s) {
+        Ok(async_nats::Subject::from(s))
+    } else {
+        Err(BusError::InvalidSubject(s))
+    }
+}
+
+impl Bus for NatsBus {
+    fn publish(&self, subj: String, payload: Bytes) -> BusFuture<'_, ()> {
+        Box::pin(async move {
+            if !crate::pattern::valid_subject(&subj) {
+                return Err(BusError::InvalidSubject(subj));
+            }
+            self.client
+                .publish(subject(subj)?, payload)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))
+        })
+    }
+
+    fn subscribe(&self, pattern: String) -> BusFuture<'_, BusSubscription> {
+        Box::pin(async move {
+            let sub = self
+                .client
+                .subscribe(subject(pattern)?)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            Ok(map_sub(sub))
+        })
+    }
+
+    fn queue_subscribe(&self, pattern: String, group: String) -> BusFuture<'_, BusSubscription> {
+        Box::pin(async move {
+            let sub = self
+                .client
+                .queue_subscribe(subject(pattern)?, group)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            Ok(map_sub(sub))
+        })
+    }
+
+    fn flush(&self) -> BusFuture<'_, ()> {
+        Box::pin(async move {
+            self.client
+                .flush()
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+}

@@ -1,0 +1,81 @@
+//! Every NATS subject the broker uses. Nothing else in the code base
+//! spells a subject; docs/subjects.md documents the same list.
+//!
+//! Domain and user ids are validated newtypes that are always a single
+//! subject token, so a subject can never be confused with a wildcard.
+
+use presence_core::{DomainId, UserId};
+
+/// Common prefix of every subject.
+pub const PREFIX: &str = "presence.v1";
+
+/// Ingest of device events for one user: `presence.v1.in.<domain>.<user>`.
+pub fn ingest(domain: &DomainId, user: &UserId) -> String {
+    format!("{PREFIX}.in.{domain}.{user}")
+}
+
+/// Pattern matching every ingest subject: `presence.v1.in.>`.
+pub fn ingest_all() -> String {
+    format!("{PREFIX}.in.>")
+}
+
+/// Aggregated presence of one user: `presence.v1.out.<domain>.<user>`.
+pub fn presence_out(domain: &DomainId, user: &UserId) -> String {
+    format!("{PREFIX}.out.{domain}.{user}")
+}
+
+/// ACL change events of a domain: `presence.v1.acl.<domain>`.
+pub fn acl(domain: &DomainId) -> String {
+    format!("{PREFIX}.acl.{domain}")
+}
+
+/// Pattern matching ACL events of every domain: `presence.v1.acl.*`.
+pub fn acl_all() -> String {
+    format!("{PREFIX}.acl.*")
+}
+
+/// Directory change events of a domain: `presence.v1.dir.<domain>`.
+pub fn directory(domain: &DomainId) -> String {
+    format!("{PREFIX}.dir.{domain}")
+}
+
+/// Pattern matching directory events of every domain:
+/// `presence.v1.dir.*`.
+pub fn directory_all() -> String {
+    format!("{PREFIX}.dir.*")
+}
+
+/// Mail requests (welcome mails) of a domain: `presence.v1.mail.<domain>`.
+pub fn mail(domain: &DomainId) -> String {
+    format!("{PREFIX}.mail.{domain}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pattern::{matches, valid_pattern, valid_subject};
+
+    #[test]
+    fn test_subjects_are_valid_and_match_their_patterns() -> Result<(), presence_core::ApiError> {
+        let d = DomainId::parse("acme")?;
+        let u = UserId::parse("1001")?;
+        for s in [
+            ingest(&d, &u),
+            presence_out(&d, &u),
+            acl(&d),
+            directory(&d),
+            mail(&d),
+        ] {
+            assert!(valid_subject(&s), "{s}");
+        }
+        for p in [ingest_all(), acl_all(), directory_all()] {
+            assert!(valid_pattern(&p), "{p}");
+        }
+        assert!(matches(&ingest_all(), &ingest(&d, &u)));
+        assert!(matches(&directory_all(), &directory(&d)));
+        assert!(matches(&acl_all(), &acl(&d)));
+        assert!(!matches(&directory_all(), &acl(&d)));
+        assert_eq!(directory(&d), "presence.v1.dir.acme");
+        Ok(())
+    }
+}

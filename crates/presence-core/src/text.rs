@@ -1,0 +1,95 @@
+//! Limits and checks for free-text fields.
+
+use crate::error::{ApiError, ApiResult};
+
+/// Longest name-like field (names, labels, models, caller-id name), in
+/// characters.
+pub const MAX_NAME: usize = 128;
+/// Longest long-text field (address, greeting), in characters.
+pub const MAX_TEXT: usize = 1024;
+/// Most answering rules per user.
+pub const MAX_ANSWERING_RULES: usize = 32;
+/// Most line keys per phone.
+pub const MAX_LINE_KEYS: usize = 256;
+/// Most members (agents plus supervisors) per queue.
+pub const MAX_QUEUE_MEMBERS: usize = 2000;
+/// Shortest and longest password, in characters.
+pub const PASSWORD_LEN: (usize, usize) = (8, 256);
+
+/// Checks a free-text field: at most `max` characters, no control
+/// characters. Returns the trimmed value.
+pub fn check(field: &str, value: &str, max: usize) -> ApiResult<String> {
+    let v = value.trim();
+    let n = v.chars().count();
+    if n > max {
+        return Err(ApiError::invalid(format!(
+            "{field} is too long: {n} characters, at most {max}"
+        )));
+    }
+    if v.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "{field} contains control characters"
+        )));
+    }
+    Ok(v.to_owned())
+}
+
+/// Checks a password's length.
+pub fn check_password(value: &str) -> ApiResult<()> {
+    let n = value.chars().count();
+    let (lo, hi) = PASSWORD_LEN;
+    if n < lo || n > hi {
+        return Err(ApiError::invalid(format!(
+            "password must be {lo} to {hi} characters, got {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a voicemail PIN: 4 to 12 digits.
+pub fn check_pin(value: &str) -> ApiResult<()> {
+    if (4..=12).contains(&value.len()) && value.bytes().all(|c| c.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("voicemail pin must be 4 to 12 digits"))
+    }
+}
+
+/// Checks an external phone number: optional `+`, then 2 to 32 digits.
+pub fn check_number(value: &str) -> ApiResult<String> {
+    let v = value.trim();
+    let digits = v.strip_prefix('+').unwrap_or(v);
+    if (2..=32).contains(&digits.len()) && digits.bytes().all(|c| c.is_ascii_digit()) {
+        Ok(v.to_owned())
+    } else {
+        Err(ApiError::invalid(format!(
+            "invalid external number {value:?}: expected [+]digits"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_check_text() {
+        assert_eq!(check("name", "  Jack ", 10).as_deref(), Ok("Jack"));
+        assert!(check("name", &"x".repeat(11), 10).is_err());
+        assert!(check("name", "a\nb", 10).is_err());
+        assert_eq!(check("name", "Zoë", 3).as_deref(), Ok("Zoë"));
+    }
+
+    #[test]
+    fn test_passwords_pins_numbers() {
+        assert!(check_password("short").is_err());
+        assert!(check_password("long enough").is_ok());
+        assert!(check_pin("1234").is_ok());
+        assert!(check_pin("123").is_err());
+        assert!(check_pin("12a4").is_err());
+        assert!(check_number("+14155550100").is_ok());
+        assert!(check_number("911").is_ok());
+        assert!(check_number("+").is_err());
+        assert!(check_number("555-0100").is_err());
+    }
+}

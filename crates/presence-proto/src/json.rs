@@ -1,0 +1,27 @@
+//! Serde helpers used by the generated types so that JSON output (for
+//! example `presencectl --json`) names enum values instead of numbers.
+
+use crate::v1::{RuleCondition, Scope, UserKind};
+use serde::Serializer;
+
+fn name<S: Serializer>(s: S, name: Option<&str>, raw: i32) -> Result<S::Ok, S::Error> {
+    match name {
+        Some(n) => s.serialize_str(n),
+        None => s.serialize_i32(raw),
+    }
+}
+
+/// Serializes a `Scope` field by its proto name.
+pub fn scope<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    name(s, Scope::try_from(*v).ok().map(|x| x.as_str_name()), *v)
+}
+
+/// Serializes a `UserKind` field by its proto name.
+pub fn user_kind<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    name(s, UserKind::try_from(*v).ok().map(|x| x.as_str_name()), *v)
+}
+
+/// Serializes a `RuleCondition` field by its proto name.
+pub fn rule_condition<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    name(s, RuleCondition::try_from(*v).ok().map(|x| x.as_str_name()), *v)
+}
