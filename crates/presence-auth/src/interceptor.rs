@@ -1,0 +1,88 @@
+//! The tonic interceptor: bearer token → [`Principal`] in the request
+//! extensions.
+
+use crate::principal::Principal;
+use crate::token::{Claims, TokenSigner};
+use presence_core::{ApiError, ApiResult};
+use presence_proto::status::to_status;
+use std::sync::Arc;
+use tonic::{Request, Status};
+
+/// Turns verified claims into the current principal, or refuses them
+/// (user deleted, session invalidated, phone removed…). Implemented by
+/// the directory, which knows the current state; it must be fast and
+/// must not block for long (it runs on the request path).
+pub trait SessionValidator: Send + Sync + 'static {
+    /// Returns the principal the claims stand for now.
+    fn validate(&self, claims: &Claims) -> ApiResult<Principal>;
+}
+
+/// A tonic interceptor that authenticates every request.
+#[derive(Clone)]
+pub struct AuthInterceptor {
+    signer: TokenSigner,
+    validator: Arc<dyn SessionValidator>,
+    optional: bool,
+}
+
+impl AuthInterceptor {
+    /// Returns an interceptor that refuses requests without a valid token
+    /// with `Unauthenticated`.
+    pub fn required(signer: TokenSigner, validator: Arc<dyn SessionValidator>) -> Self {
+        Self {
+            signer,
+            validator,
+            optional: false,
+        }
+    }
+
+    /// Returns an interceptor that lets requests without a token through
+    /// (for login RPCs) but still refuses an invalid one.
+    pub fn optional(signer: TokenSigner, validator: Arc<dyn SessionValidator>) -> Self {
+        Self {
+            signer,
+            validator,
+            optional: true,
+        }
+    }
+
+    /// Authenticates one bearer token.
+    pub fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+        let claims = self.signer.verify(token)?;
+        self.validator.validate(&claims)
+    }
+}
+
+impl tonic::service::Interceptor for AuthInterceptor {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
+        let header = match req.metadata().get("authorization") {
+            None if self.optional => return Ok(req),
+            None => {
+                return Err(to_status(ApiError::Unauthenticated(
+                    "missing bearer token".into(),
+                )));
+            }
+            Some(h) => h,
+        };
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .ok_or_else(|| {
+                to_status(ApiError::Unauthenticated(
+                    "authorization must be \"Bearer <token>\"".into(),
+                ))
+            })?;
+        let principal = self.authenticate(token.trim()).map_err(to_status)?;
+        req.extensions_mut().insert(principal);
+        Ok(req)
+    }
+}
+
+/// Returns the principal the interceptor attached, or `Unauthenticated`.
+pub fn principal_of<T>(req: &Request<T>) -> ApiResult<Principal> {
+    req.extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
+}

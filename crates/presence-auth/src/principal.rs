@@ -1,0 +1,265 @@
+//! Principals: users, phones and services.
+
+use presence_core::{ApiError, ApiResult, DomainId, Mac, Scope, UserId};
+use presence_proto::{convert::scope_to_proto, v1};
+
+/// Named rights a service principal can hold.
+pub mod rights {
+    /// Every right.
+    pub const ALL: &str = "*";
+    /// Create, list and delete domains.
+    pub const DOMAINS_ADMIN: &str = "domains.admin";
+    /// Read everything in the directory of its domains.
+    pub const DIRECTORY_READ: &str = "directory.read";
+    /// Change everything in the directory of its domains.
+    pub const DIRECTORY_WRITE: &str = "directory.write";
+    /// Issue service and phone tokens for its domains.
+    pub const TOKENS_ISSUE: &str = "tokens.issue";
+    /// Publish device events.
+    pub const PRESENCE_PUBLISH: &str = "presence.publish";
+    /// Watch presence on behalf of users.
+    pub const PRESENCE_WATCH: &str = "presence.watch";
+    /// Read presence policy.
+    pub const POLICY_READ: &str = "policy.read";
+    /// Change presence policy.
+    pub const POLICY_WRITE: &str = "policy.write";
+
+    /// Every named right, for validation.
+    pub const KNOWN: &[&str] = &[
+        ALL,
+        DOMAINS_ADMIN,
+        DIRECTORY_READ,
+        DIRECTORY_WRITE,
+        TOKENS_ISSUE,
+        PRESENCE_PUBLISH,
+        PRESENCE_WATCH,
+        POLICY_READ,
+        POLICY_WRITE,
+    ];
+}
+
+/// The domains a service principal's rights apply to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainSet {
+    /// Every domain, present and future (`*`).
+    All,
+    /// The listed domains.
+    Some(Vec<DomainId>),
+}
+
+impl DomainSet {
+    /// Returns whether `d` is in the set.
+    pub fn contains(&self, d: &DomainId) -> bool {
+        match self {
+            DomainSet::All => true,
+            DomainSet::Some(v) => v.contains(d),
+        }
+    }
+
+    /// Parses `["*"]` or a list of domain ids.
+    pub fn parse(items: &[String]) -> ApiResult<Self> {
+        if items.is_empty() {
+            return Err(ApiError::invalid("a service needs at least one domain"));
+        }
+        if items.iter().any(|d| d == "*") {
+            return Ok(DomainSet::All);
+        }
+        items
+            .iter()
+            .map(|d| DomainId::parse(d))
+            .collect::<ApiResult<Vec<_>>>()
+            .map(DomainSet::Some)
+    }
+
+    /// Returns the set as strings (`["*"]` for all).
+    pub fn to_strings(&self) -> Vec<String> {
+        match self {
+            DomainSet::All => vec!["*".to_owned()],
+            DomainSet::Some(v) => v.iter().map(|d| d.to_string()).collect(),
+        }
+    }
+}
+
+/// Who is calling an API, as established from a valid token. For users
+/// the scope is the *current* one, read from the directory at each call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A logged-in user.
+    User {
+        /// The user's domain.
+        domain: DomainId,
+        /// The user's id.
+        user: UserId,
+        /// The user's current scope.
+        scope: Scope,
+        /// The user's current site, if any.
+        site: Option<presence_core::SiteId>,
+    },
+    /// A phone, bound to its owner.
+    Phone {
+        /// The owner's domain.
+        domain: DomainId,
+        /// The owner.
+        user: UserId,
+        /// The phone's MAC.
+        mac: Mac,
+    },
+    /// A service with named rights.
+    Service {
+        /// Service name, for audit logs.
+        name: String,
+        /// Domains the rights apply to.
+        domains: DomainSet,
+        /// Rights held.
+        rights: Vec<String>,
+    },
+}
+
+impl Principal {
+    /// Returns whether the principal belongs to (or has rights in) `d`.
+    pub fn in_domain(&self, d: &DomainId) -> bool {
+        match self {
+            Principal::User { domain, .. } | Principal::Phone { domain, .. } => domain == d,
+            Principal::Service { domains, .. } => domains.contains(d),
+        }
+    }
+
+    /// Returns whether a service principal holds `right` in `d`. Always
+    /// false for users and phones.
+    pub fn has_right(&self, d: &DomainId, right: &str) -> bool {
+        match self {
+            Principal::Service {
+                domains, rights, ..
+            } => domains.contains(d) && rights.iter().any(|r| r == right || r == rights::ALL),
+            _ => false,
+        }
+    }
+
+    /// Returns whether a service principal holds `right` for every
+    /// domain (used for deployment-wide operations).
+    pub fn has_global_right(&self, right: &str) -> bool {
+        match self {
+            Principal::Service {
+                domains: DomainSet::All,
+                rights,
+                ..
+            } => rights.iter().any(|r| r == right || r == rights::ALL),
+            _ => false,
+        }
+    }
+
+    /// Returns `NotFound("domain … not found")` unless the principal may
+    /// see domain `d`: another tenant's principal learns nothing.
+    pub fn require_domain(&self, d: &DomainId) -> ApiResult<()> {
+        if self.in_domain(d) {
+            Ok(())
+        } else {
+            Err(ApiError::domain_not_found(d.as_str()))
+        }
+    }
+
+    /// Returns a short description for logs: `user acme/1001`.
+    pub fn describe(&self) -> String {
+        match self {
+            Principal::User { domain, user, .. } => format!("user {domain}/{user}"),
+            Principal::Phone { domain, mac, .. } => format!("phone {domain}/{mac}"),
+            Principal::Service { name, .. } => format!("service {name}"),
+        }
+    }
+
+    /// Returns the proto form of the principal.
+    pub fn to_proto(&self) -> v1::Principal {
+        let kind = match self {
+            Principal::User {
+                domain,
+                user,
+                scope,
+                ..
+            } => v1::principal::Kind::User(v1::UserPrincipal {
+                domain: domain.to_string(),
+                user: user.to_string(),
+                scope: scope_to_proto(*scope) as i32,
+            }),
+            Principal::Phone { domain, user, mac } => {
+                v1::principal::Kind::Phone(v1::PhonePrincipal {
+                    domain: domain.to_string(),
+                    user: user.to_string(),
+                    mac: mac.to_string(),
+                })
+            }
+            Principal::Service {
+                name,
+                domains,
+                rights,
+            } => v1::principal::Kind::Service(v1::ServicePrincipal {
+                name: name.clone(),
+                domains: domains.to_strings(),
+                rights: rights.clone(),
+            }),
+        };
+        v1::Principal { kind: Some(kind) }
+    }
+}
+
+/// Validates a list of service rights.
+pub fn parse_rights(items: &[String]) -> ApiResult<Vec<String>> {
+    if items.is_empty() {
+        return Err(ApiError::invalid("a service needs at least one right"));
+    }
+    for r in items {
+        if !rights::KNOWN.contains(&r.as_str()) {
+            return Err(ApiError::invalid(format!(
+                "unknown right {r:?}: expected one of {}",
+                rights::KNOWN.join(", ")
+            )));
+        }
+    }
+    Ok(items.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> DomainId {
+        DomainId::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn test_service_rights_are_scoped_to_domains() {
+        let p = Principal::Service {
+            name: "pbx".into(),
+            domains: DomainSet::Some(vec![d("acme")]),
+            rights: vec![rights::DIRECTORY_READ.into()],
+        };
+        assert!(p.has_right(&d("acme"), rights::DIRECTORY_READ));
+        assert!(!p.has_right(&d("acme"), rights::DIRECTORY_WRITE));
+        assert!(!p.has_right(&d("other"), rights::DIRECTORY_READ));
+        assert!(!p.has_global_right(rights::DIRECTORY_READ));
+        assert!(matches!(
+            p.require_domain(&d("other")),
+            Err(ApiError::NotFound(m)) if m == "domain other not found"
+        ));
+    }
+
+    #[test]
+    fn test_all_rights_and_domains() {
+        let p = Principal::Service {
+            name: "admin".into(),
+            domains: DomainSet::All,
+            rights: vec![rights::ALL.into()],
+        };
+        assert!(p.has_global_right(rights::DOMAINS_ADMIN));
+        assert!(p.has_right(&d("any"), rights::DIRECTORY_WRITE));
+    }
+
+    #[test]
+    fn test_parse_rights_and_domains() {
+        assert!(parse_rights(&["directory.read".into()]).is_ok());
+        assert!(parse_rights(&["root".into()]).is_err());
+        assert!(parse_rights(&[]).is_err());
+        assert_eq!(DomainSet::parse(&["*".into()]), Ok(DomainSet::All));
+        assert!(DomainSet::parse(&["Bad.Domain".into()]).is_err());
+        assert!(DomainSet::parse(&[]).is_err());
+    }
+}
