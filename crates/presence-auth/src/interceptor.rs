@@ -17,6 +17,10 @@ pub trait SessionValidator: Send + Sync + 'static {
     fn validate(&self, claims: &Claims) -> ApiResult<Principal>;
 }
 
+/// When the token of the current request expires (unix milliseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenExpiry(pub i64);
+
 /// A tonic interceptor that authenticates every request.
 #[derive(Clone)]
 pub struct AuthInterceptor {
@@ -46,10 +50,11 @@ impl AuthInterceptor {
         }
     }
 
-    /// Authenticates one bearer token.
-    pub fn authenticate(&self, token: &str) -> ApiResult<Principal> {
+    /// Authenticates one bearer token and returns the principal and the
+    /// token's expiry (unix milliseconds).
+    pub fn authenticate(&self, token: &str) -> ApiResult<(Principal, TokenExpiry)> {
         let claims = self.signer.verify(token)?;
-        self.validator.validate(&claims)
+        Ok((self.validator.validate(&claims)?, TokenExpiry(claims.exp)))
     }
 }
 
@@ -67,14 +72,18 @@ impl tonic::service::Interceptor for AuthInterceptor {
         let token = header
             .to_str()
             .ok()
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
             .ok_or_else(|| {
                 to_status(ApiError::Unauthenticated(
                     "authorization must be \"Bearer <token>\"".into(),
                 ))
             })?;
-        let principal = self.authenticate(token.trim()).map_err(to_status)?;
+        let (principal, exp) = self.authenticate(token.trim()).map_err(to_status)?;
         req.extensions_mut().insert(principal);
+        req.extensions_mut().insert(exp);
         Ok(req)
     }
 }

@@ -12,6 +12,6 @@ pub mod password;
 pub mod principal;
 pub mod token;
 
-pub use interceptor::{AuthInterceptor, SessionValidator, principal_of};
+pub use interceptor::{AuthInterceptor, SessionValidator, TokenExpiry, principal_of};
 pub use principal::{DomainSet, Principal, rights};
 pub use token::{Claims, TokenSigner};

@@ -86,7 +86,8 @@ impl InProcessBus {
         }
         drop(subs);
         if dropped > 0 {
-            metrics::counter!("presence_bus_dropped_total", "bus" => "inprocess").increment(dropped);
+            metrics::counter!("presence_bus_dropped_total", "bus" => "inprocess")
+                .increment(dropped);
         }
     }
 

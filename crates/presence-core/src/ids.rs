@@ -258,7 +258,10 @@ mod tests {
             "001A2B3C4D5E",
             " 001a2b3c4d5e ",
         ] {
-            assert_eq!(Mac::parse(form).map(Mac::into_string).as_deref(), Ok("001a2b3c4d5e"));
+            assert_eq!(
+                Mac::parse(form).map(Mac::into_string).as_deref(),
+                Ok("001a2b3c4d5e")
+            );
         }
         let mac = Mac::parse("001a2b3c4d5e").map(|m| m.colon_form());
         assert_eq!(mac.as_deref(), Ok("00:1a:2b:3c:4d:5e"));
@@ -284,7 +287,9 @@ mod tests {
     #[test]
     fn test_emails() {
         assert_eq!(
-            Email::parse("Jack.Manning@Example.COM").map(Email::into_string).as_deref(),
+            Email::parse("Jack.Manning@Example.COM")
+                .map(Email::into_string)
+                .as_deref(),
             Ok("Jack.Manning@example.com")
         );
         for bad in [

@@ -37,9 +37,9 @@ pub fn kind_from_proto(v: i32) -> ApiResult<UserKind> {
         Ok(v1::UserKind::ConferenceBridge) => Ok(UserKind::ConferenceBridge),
         Ok(v1::UserKind::AutoAttendant) => Ok(UserKind::AutoAttendant),
         Ok(v1::UserKind::CallQueue) => Ok(UserKind::CallQueue),
-        Ok(v1::UserKind::Unspecified) | Err(_) => {
-            Err(ApiError::invalid(format!("invalid user kind {v}: must be set")))
-        }
+        Ok(v1::UserKind::Unspecified) | Err(_) => Err(ApiError::invalid(format!(
+            "invalid user kind {v}: must be set"
+        ))),
     }
 }
 

@@ -23,5 +23,9 @@ pub fn user_kind<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
 
 /// Serializes a `RuleCondition` field by its proto name.
 pub fn rule_condition<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
-    name(s, RuleCondition::try_from(*v).ok().map(|x| x.as_str_name()), *v)
+    name(
+        s,
+        RuleCondition::try_from(*v).ok().map(|x| x.as_str_name()),
+        *v,
+    )
 }

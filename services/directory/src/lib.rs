@@ -1,0 +1,33 @@
+//! The directory of the presence broker: domains, sites, users, user
+//! options, phones and call queues, stored in sled, plus the AuthService
+//! that turns credentials into tokens.
+//!
+//! Modules:
+//! - [`store`]: the sled key-value layer (atomic, durable, serialized
+//!   writes with a sequence number);
+//! - [`records`]: typed record access, validation helpers, change events;
+//! - [`authz`]: who may do what (roles per domain);
+//! - [`search`]: the case-insensitive user search index;
+//! - [`service`]: [`Directory`], the domain API independent of tonic
+//!   (domains and sites), extended by `users`, `options`, `phones`,
+//!   `queues` and `auth`;
+//! - [`auth`]: login, welcome, password change, token issuance and the
+//!   [`auth::StoreValidator`] used by every server's interceptor;
+//! - [`grpc`]: the tonic adapters.
+
+pub mod auth;
+pub mod authz;
+pub mod grpc;
+mod options;
+mod phones;
+mod queues;
+pub mod records;
+pub mod search;
+pub mod service;
+pub mod store;
+mod users;
+
+pub use auth::StoreValidator;
+pub use grpc::{AuthGrpc, DirectoryGrpc};
+pub use service::{Directory, DirectoryConfig};
+pub use store::Store;

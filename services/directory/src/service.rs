@@ -1,0 +1,601 @@
+//! The directory's domain API, independent of tonic.
+//!
+//! [`Directory`] methods take the calling [`Principal`] and a request
+//! message and return the response or an [`ApiError`]. Storage work runs
+//! on blocking threads; committed changes are then published on the bus
+//! (`presence.v1.dir.<domain>`).
+
+use crate::authz::role;
+use crate::records::{Read, check_version, event};
+use crate::store::{Store, Tx, keys};
+use presence_auth::password::{self, HashCost};
+use presence_auth::token::now_ms;
+use presence_auth::{Principal, TokenSigner, rights};
+use presence_bus::{SharedBus, subjects};
+use presence_core::text::{self, MAX_NAME, MAX_TEXT};
+use presence_core::{ApiError, ApiResult, DomainId, SiteId};
+use presence_proto::v1::{self, ChangeKind as Ck, EntityKind as Ek};
+use prost::Message;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Settings of the directory service.
+#[derive(Debug, Clone)]
+pub struct DirectoryConfig {
+    /// Lifetime of a user session token.
+    pub session_ttl: Duration,
+    /// Default lifetime of an issued service or phone token.
+    pub service_token_ttl: Duration,
+    /// Default lifetime of a welcome token.
+    pub welcome_ttl: Duration,
+    /// Cost of password and PIN hashes.
+    pub hash_cost: HashCost,
+}
+
+impl Default for DirectoryConfig {
+    fn default() -> Self {
+        Self {
+            session_ttl: Duration::from_secs(12 * 3600),
+            service_token_ttl: Duration::from_secs(365 * 24 * 3600),
+            welcome_ttl: Duration::from_secs(72 * 3600),
+            hash_cost: HashCost::default(),
+        }
+    }
+}
+
+/// Default and largest page size of list calls.
+pub const PAGE_DEFAULT: usize = 100;
+/// Largest page size; larger requests are clamped.
+pub const PAGE_MAX: usize = 1000;
+
+pub(crate) fn page_size(n: u32) -> usize {
+    match n as usize {
+        0 => PAGE_DEFAULT,
+        n => n.min(PAGE_MAX),
+    }
+}
+
+/// The directory service.
+#[derive(Clone)]
+pub struct Directory {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    bus: SharedBus,
+    signer: TokenSigner,
+    cfg: DirectoryConfig,
+    /// Hash verified when a login names an unknown user, so that the
+    /// answer takes as long as for a known one.
+    dummy_hash: String,
+}
+
+fn join_err(e: tokio::task::JoinError) -> ApiError {
+    ApiError::Internal(format!("blocking task failed: {e}"))
+}
+
+pub(crate) fn key(tag: &str, parts: &[&str]) -> Vec<u8> {
+    keys::key(tag, parts)
+}
+
+pub(crate) fn token_hash(token: &str) -> String {
+    let d = Sha256::digest(token.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Directory {
+    /// Returns a directory over `store`, publishing on `bus`.
+    pub fn new(
+        store: Arc<Store>,
+        bus: SharedBus,
+        signer: TokenSigner,
+        cfg: DirectoryConfig,
+    ) -> ApiResult<Self> {
+        let dummy_hash = password::hash("presence-dummy-password", cfg.hash_cost)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                store,
+                bus,
+                signer,
+                cfg,
+                dummy_hash,
+            }),
+        })
+    }
+
+    /// Returns the store (for the session validator and tests).
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// Returns the token signer.
+    pub fn signer(&self) -> &TokenSigner {
+        &self.inner.signer
+    }
+
+    /// Returns the configuration.
+    pub fn config(&self) -> &DirectoryConfig {
+        &self.inner.cfg
+    }
+
+    /// Returns the bus the directory publishes on.
+    pub(crate) fn bus(&self) -> &SharedBus {
+        &self.inner.bus
+    }
+
+    /// Returns the hash verified for unknown users at login.
+    pub(crate) fn dummy_hash(&self) -> &str {
+        &self.inner.dummy_hash
+    }
+
+    pub(crate) async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(join_err)?
+    }
+
+    pub(crate) async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let store = self.inner.store.clone();
+        let (out, events) = tokio::task::spawn_blocking(move || store.write(f))
+            .await
+            .map_err(join_err)??;
+        self.publish_events(events).await;
+        Ok(out)
+    }
+
+    async fn publish_events(&self, events: Vec<v1::DirectoryEvent>) {
+        for ev in events {
+            metrics::counter!("presence_directory_changes_total").increment(1);
+            let Ok(domain) = DomainId::parse(&ev.domain) else {
+                continue;
+            };
+            let subject = subjects::directory(&domain);
+            if let Err(e) = self
+                .inner
+                .bus
+                .publish(subject, ev.encode_to_vec().into())
+                .await
+            {
+                // The change is committed; subscribers resynchronize from
+                // the store sequence. Losing the notification is logged.
+                tracing::warn!(error = %e, domain = %domain, "directory event not published");
+            }
+        }
+    }
+
+    pub(crate) async fn hash(&self, secret: String) -> ApiResult<String> {
+        let cost = self.inner.cfg.hash_cost;
+        tokio::task::spawn_blocking(move || password::hash(&secret, cost))
+            .await
+            .map_err(join_err)?
+    }
+
+    pub(crate) async fn verify(&self, secret: String, phc: String) -> ApiResult<bool> {
+        tokio::task::spawn_blocking(move || password::verify(&secret, &phc))
+            .await
+            .map_err(join_err)
+    }
+
+    // ---- domains ----------------------------------------------------------
+
+    /// Creates a domain (needs the global `domains.admin` right).
+    pub async fn create_domain(
+        &self,
+        p: &Principal,
+        req: v1::CreateDomainRequest,
+    ) -> ApiResult<v1::Domain> {
+        let id = DomainId::parse(&req.id)?;
+        if !p.has_global_right(rights::DOMAINS_ADMIN) {
+            return Err(ApiError::denied("not allowed to create domains"));
+        }
+        let name = text::check("name", &req.name, MAX_NAME)?;
+        let dns_name = check_dns_name(&req.dns_name)?;
+        self.write(move |tx| {
+            let k = key(keys::DOMAIN, &[id.as_str()]);
+            if tx.exists(&k)? {
+                return Err(ApiError::AlreadyExists(format!(
+                    "domain {id} already exists"
+                )));
+            }
+            let now = now_ms();
+            let d = v1::Domain {
+                id: id.to_string(),
+                name,
+                dns_name,
+                version: 1,
+                created_at_ms: now,
+                updated_at_ms: now,
+            };
+            tx.put(k, &d);
+            tx.emit(event(&id, Ek::Domain, Ck::Created, id.as_str(), 1, vec![]));
+            Ok(d)
+        })
+        .await
+    }
+
+    /// Returns a domain the caller belongs to.
+    pub async fn get_domain(
+        &self,
+        p: &Principal,
+        req: v1::GetDomainRequest,
+    ) -> ApiResult<v1::Domain> {
+        let id = DomainId::parse(&req.id)?;
+        role(p, &id)?.require_browse()?;
+        self.read(move |s| s.domain(&id)).await
+    }
+
+    /// Lists the domains the caller may see, ordered by id.
+    pub async fn list_domains(
+        &self,
+        p: &Principal,
+        req: v1::ListDomainsRequest,
+    ) -> ApiResult<v1::ListDomainsResponse> {
+        let p = p.clone();
+        let n = page_size(req.page_size);
+        self.read(move |s| {
+            let prefix = keys::prefix(keys::DOMAIN, &[]);
+            let after = (!req.page_token.is_empty()).then(|| key(keys::DOMAIN, &[&req.page_token]));
+            let mut out = Vec::new();
+            let mut more = false;
+            for r in s.scan(&prefix, after.as_deref()) {
+                let (_, v) = r?;
+                let d: v1::Domain = crate::store::decode(&v)?;
+                let Ok(id) = DomainId::parse(&d.id) else {
+                    continue;
+                };
+                if !p.in_domain(&id) {
+                    continue;
+                }
+                if out.len() == n {
+                    more = true;
+                    break;
+                }
+                out.push(d);
+            }
+            let next_page_token = match (more, out.last()) {
+                (true, Some(d)) => d.id.clone(),
+                _ => String::new(),
+            };
+            Ok(v1::ListDomainsResponse {
+                domains: out,
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    /// Updates a domain's name or DNS name (office manager or
+    /// `directory.write`).
+    pub async fn update_domain(
+        &self,
+        p: &Principal,
+        req: v1::UpdateDomainRequest,
+    ) -> ApiResult<v1::Domain> {
+        let id = DomainId::parse(&req.id)?;
+        role(p, &id)?.require_admin("update this domain")?;
+        let name = req
+            .name
+            .as_deref()
+            .map(|n| text::check("name", n, MAX_NAME))
+            .transpose()?;
+        let dns = req.dns_name.as_deref().map(check_dns_name).transpose()?;
+        self.write(move |tx| {
+            let mut d = tx.domain(&id)?;
+            check_version(&format!("domain {id}"), d.version, req.expected_version)?;
+            if let Some(n) = name {
+                d.name = n;
+            }
+            if let Some(n) = dns {
+                d.dns_name = n;
+            }
+            d.version += 1;
+            d.updated_at_ms = now_ms();
+            tx.put(key(keys::DOMAIN, &[id.as_str()]), &d);
+            tx.emit(event(
+                &id,
+                Ek::Domain,
+                Ck::Updated,
+                id.as_str(),
+                d.version,
+                vec![],
+            ));
+            Ok(d)
+        })
+        .await
+    }
+
+    /// Deletes a domain (global `domains.admin`); with `force`, everything
+    /// in it goes too.
+    pub async fn delete_domain(
+        &self,
+        p: &Principal,
+        req: v1::DeleteDomainRequest,
+    ) -> ApiResult<v1::DeleteResponse> {
+        let id = DomainId::parse(&req.id)?;
+        if !p.has_global_right(rights::DOMAINS_ADMIN) {
+            // Indistinguishable from a missing domain for tenants.
+            p.require_domain(&id)?;
+            return Err(ApiError::denied("not allowed to delete domains"));
+        }
+        self.write(move |tx| {
+            let d = tx.domain(&id)?;
+            check_version(&format!("domain {id}"), d.version, req.expected_version)?;
+            let has_children = !tx
+                .keys_with_prefix(&keys::prefix(keys::USER, &[id.as_str()]))?
+                .is_empty()
+                || !tx
+                    .keys_with_prefix(&keys::prefix(keys::SITE, &[id.as_str()]))?
+                    .is_empty();
+            if has_children && !req.force {
+                return Err(ApiError::FailedPrecondition(format!(
+                    "domain {id} still has sites or users; delete them or set force"
+                )));
+            }
+            // Phones and welcome tokens are keyed globally: find them
+            // through the per-user indexes first.
+            for k in tx.keys_with_prefix(&keys::prefix(keys::PHONE_BY_USER, &[id.as_str()]))? {
+                if let Some(mac) = last_component(&k) {
+                    tx.delete(key(keys::PHONE, &[&mac]));
+                }
+            }
+            for k in tx.keys_with_prefix(&keys::prefix(keys::WELCOME_BY_USER, &[id.as_str()]))? {
+                if let Some(h) = tx.raw(&k)? {
+                    tx.delete(key(keys::WELCOME, &[&String::from_utf8_lossy(&h)]));
+                }
+            }
+            for tag in [
+                keys::SITE,
+                keys::USER,
+                keys::OPTIONS,
+                keys::CREDENTIALS,
+                keys::PHONE_BY_USER,
+                keys::QUEUE,
+                keys::WELCOME_BY_USER,
+                keys::INDEX,
+            ] {
+                for k in tx.keys_with_prefix(&keys::prefix(tag, &[id.as_str()]))? {
+                    tx.delete(k);
+                }
+            }
+            tx.delete(key(keys::DOMAIN, &[id.as_str()]));
+            tx.emit(event(
+                &id,
+                Ek::Domain,
+                Ck::Deleted,
+                id.as_str(),
+                d.version,
+                vec![],
+            ));
+            Ok(v1::DeleteResponse {})
+        })
+        .await
+    }
+
+    // ---- sites ------------------------------------------------------------
+
+    /// Creates a site (office manager or `directory.write`).
+    pub async fn create_site(
+        &self,
+        p: &Principal,
+        req: v1::CreateSiteRequest,
+    ) -> ApiResult<v1::Site> {
+        let d = DomainId::parse(&req.domain)?;
+        let id = SiteId::parse(&req.id)?;
+        role(p, &d)?.require_admin("create sites")?;
+        let name = text::check("name", &req.name, MAX_NAME)?;
+        let address = text::check("address", &req.address, MAX_TEXT)?;
+        let time_zone = text::check("time_zone", &req.time_zone, MAX_NAME)?;
+        self.write(move |tx| {
+            tx.domain(&d)?;
+            let k = key(keys::SITE, &[d.as_str(), id.as_str()]);
+            if tx.exists(&k)? {
+                return Err(ApiError::AlreadyExists(format!(
+                    "site {id} already exists in domain {d}"
+                )));
+            }
+            let now = now_ms();
+            let s = v1::Site {
+                domain: d.to_string(),
+                id: id.to_string(),
+                name,
+                address,
+                time_zone,
+                version: 1,
+                created_at_ms: now,
+                updated_at_ms: now,
+            };
+            tx.put(k, &s);
+            tx.emit(event(&d, Ek::Site, Ck::Created, id.as_str(), 1, vec![]));
+            Ok(s)
+        })
+        .await
+    }
+
+    /// Returns a site.
+    pub async fn get_site(&self, p: &Principal, req: v1::GetSiteRequest) -> ApiResult<v1::Site> {
+        let d = DomainId::parse(&req.domain)?;
+        let id = SiteId::parse(&req.id)?;
+        role(p, &d)?.require_browse()?;
+        self.read(move |s| {
+            s.domain(&d)?;
+            s.site(&d, &id)
+        })
+        .await
+    }
+
+    /// Lists the sites of a domain, ordered by id.
+    pub async fn list_sites(
+        &self,
+        p: &Principal,
+        req: v1::ListSitesRequest,
+    ) -> ApiResult<v1::ListSitesResponse> {
+        let d = DomainId::parse(&req.domain)?;
+        role(p, &d)?.require_browse()?;
+        let n = page_size(req.page_size);
+        self.read(move |s| {
+            s.domain(&d)?;
+            let prefix = keys::prefix(keys::SITE, &[d.as_str()]);
+            let after = (!req.page_token.is_empty())
+                .then(|| key(keys::SITE, &[d.as_str(), &req.page_token]));
+            let (sites, next_page_token) =
+                page::<v1::Site>(s, &prefix, after.as_deref(), n, |x| x.id.clone())?;
+            Ok(v1::ListSitesResponse {
+                sites,
+                next_page_token,
+            })
+        })
+        .await
+    }
+
+    /// Updates a site (office manager or `directory.write`).
+    pub async fn update_site(
+        &self,
+        p: &Principal,
+        req: v1::UpdateSiteRequest,
+    ) -> ApiResult<v1::Site> {
+        let d = DomainId::parse(&req.domain)?;
+        let id = SiteId::parse(&req.id)?;
+        role(p, &d)?.require_admin("update sites")?;
+        let name = req
+            .name
+            .as_deref()
+            .map(|v| text::check("name", v, MAX_NAME))
+            .transpose()?;
+        let address = req
+            .address
+            .as_deref()
+            .map(|v| text::check("address", v, MAX_TEXT))
+            .transpose()?;
+        let tz = req
+            .time_zone
+            .as_deref()
+            .map(|v| text::check("time_zone", v, MAX_NAME))
+            .transpose()?;
+        self.write(move |tx| {
+            tx.domain(&d)?;
+            let mut s = tx.site(&d, &id)?;
+            check_version(&format!("site {id}"), s.version, req.expected_version)?;
+            if let Some(v) = name {
+                s.name = v;
+            }
+            if let Some(v) = address {
+                s.address = v;
+            }
+            if let Some(v) = tz {
+                s.time_zone = v;
+            }
+            s.version += 1;
+            s.updated_at_ms = now_ms();
+            tx.put(key(keys::SITE, &[d.as_str(), id.as_str()]), &s);
+            tx.emit(event(
+                &d,
+                Ek::Site,
+                Ck::Updated,
+                id.as_str(),
+                s.version,
+                vec![],
+            ));
+            Ok(s)
+        })
+        .await
+    }
+
+    /// Deletes a site that no user belongs to.
+    pub async fn delete_site(
+        &self,
+        p: &Principal,
+        req: v1::DeleteSiteRequest,
+    ) -> ApiResult<v1::DeleteResponse> {
+        let d = DomainId::parse(&req.domain)?;
+        let id = SiteId::parse(&req.id)?;
+        role(p, &d)?.require_admin("delete sites")?;
+        self.write(move |tx| {
+            tx.domain(&d)?;
+            let s = tx.site(&d, &id)?;
+            check_version(&format!("site {id}"), s.version, req.expected_version)?;
+            for k in tx.keys_with_prefix(&keys::prefix(keys::USER, &[d.as_str()]))? {
+                if let Some(u) = tx.record::<v1::User>(&k)? {
+                    if u.site == id.as_str() {
+                        return Err(ApiError::FailedPrecondition(format!(
+                            "site {id} still has users (e.g. {}); move or delete them first",
+                            u.id
+                        )));
+                    }
+                }
+            }
+            tx.delete(key(keys::SITE, &[d.as_str(), id.as_str()]));
+            tx.emit(event(
+                &d,
+                Ek::Site,
+                Ck::Deleted,
+                id.as_str(),
+                s.version,
+                vec![],
+            ));
+            Ok(v1::DeleteResponse {})
+        })
+        .await
+    }
+}
+
+/// Returns the last `\0`-separated component of a key.
+pub(crate) fn last_component(k: &[u8]) -> Option<String> {
+    k.rsplit(|b| *b == keys::SEP)
+        .next()
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+}
+
+/// Reads one page of records under `prefix`.
+pub(crate) fn page<M: Message + Default>(
+    s: &Store,
+    prefix: &[u8],
+    after: Option<&[u8]>,
+    n: usize,
+    token: impl Fn(&M) -> String,
+) -> ApiResult<(Vec<M>, String)> {
+    let mut out = Vec::new();
+    let mut more = false;
+    for r in s.scan(prefix, after) {
+        let (_, v) = r?;
+        if out.len() == n {
+            more = true;
+            break;
+        }
+        out.push(crate::store::decode::<M>(&v)?);
+    }
+    let next = match (more, out.last()) {
+        (true, Some(m)) => token(m),
+        _ => String::new(),
+    };
+    Ok((out, next))
+}
+
+/// Validates an optional DNS name.
+fn check_dns_name(s: &str) -> ApiResult<String> {
+    let v = s.trim().trim_end_matches('.').to_ascii_lowercase();
+    if v.is_empty() {
+        return Ok(v);
+    }
+    let ok = v.len() <= 253
+        && v.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        });
+    if ok {
+        Ok(v)
+    } else {
+        Err(ApiError::invalid(format!("invalid dns_name {s:?}")))
+    }
+}
