@@ -50,6 +50,14 @@ impl AuthInterceptor {
         }
     }
 
+    /// Returns an optional-token copy of `other` (same key and validator).
+    pub fn optional_from(other: AuthInterceptor) -> Self {
+        Self {
+            optional: true,
+            ..other
+        }
+    }
+
     /// Authenticates one bearer token and returns the principal and the
     /// token's expiry (unix milliseconds).
     pub fn authenticate(&self, token: &str) -> ApiResult<(Principal, TokenExpiry)> {

@@ -1,0 +1,125 @@
+//! Test support for the presence broker.
+//!
+//! [`NatsServer`] starts a real `nats-server` (with JetStream) on a random
+//! loopback port, waits until it has written its ports file, and kills it
+//! on drop. The binary is taken from `NATS_SERVER_BIN` or `PATH`
+//! (Debian's `nats-server` package; the README's test command installs
+//! it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nats-server, killed on drop.
+pub struct NatsServer {
+    child: Child,
+    url: String,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+fn binary() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into())
+}
+
+impl NatsServer {
+    /// Starts a server on a random port. Panics with a clear message when
+    /// nats-server is missing (tests cannot run without it).
+    pub fn start() -> Self {
+        Self::start_on(0)
+    }
+
+    /// Starts a server on `port` (0 for a random one), e.g. to restart it
+    /// on the port it had.
+    pub fn start_on(port: u16) -> Self {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let (child, url) = spawn(dir.path(), port);
+        let port = url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("bad nats url {url}"));
+        Self {
+            child,
+            url,
+            port,
+            dir,
+        }
+    }
+
+    /// Returns the client URL, e.g. `nats://127.0.0.1:4222`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Returns the port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (like a crash) and starts it again on the same
+    /// port and storage directory.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, url) = spawn(self.dir.path(), self.port);
+        self.child = child;
+        self.url = url;
+    }
+}
+
+fn spawn(dir: &Path, port: u16) -> (Child, String) {
+    let ports_dir: PathBuf = dir.join("ports");
+    let _ = std::fs::remove_dir_all(&ports_dir);
+    if let Err(e) = std::fs::create_dir_all(&ports_dir) {
+        panic!("create {}: {e}", ports_dir.display());
+    }
+    let port_arg = if port == 0 {
+        "-1".to_string()
+    } else {
+        port.to_string()
+    };
+    let child = Command::new(binary())
+        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
+        .arg(dir.join("js"))
+        .arg("--ports_file_dir")
+        .arg(&ports_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); install it with `apt-get install nats-server` or set NATS_SERVER_BIN",
+                binary()
+            )
+        });
+    let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(&ports_file) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                if let Some(url) = v["nats"][0].as_str() {
+                    // The ports file is written once the listener is up.
+                    if std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_ok() {
+                        return (child, url.to_owned());
+                    }
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nats-server did not start within 20s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

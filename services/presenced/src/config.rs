@@ -1,0 +1,283 @@
+//! Configuration of presenced: defaults, an optional TOML file,
+//! `PRESENCE_*` environment variables and command-line flags, in that
+//! order of precedence (flags win). Everything is validated before
+//! anything binds.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Roles a presenced process can take.
+pub const ROLES: &[&str] = &["directory", "policy", "fanout"];
+
+/// The complete, validated configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// gRPC listen address.
+    pub listen: String,
+    /// Directory for sled data, the signing key and the bootstrap token.
+    pub data_dir: PathBuf,
+    /// NATS server URL(s); empty means the in-process bus.
+    pub nats_url: String,
+    /// Roles of this process.
+    pub roles: Vec<String>,
+    /// Prometheus metrics listen address; empty disables the endpoint.
+    pub metrics_listen: String,
+    /// Log format: `text` or `json`.
+    pub log_format: String,
+    /// Signing key file; empty means `<data_dir>/auth.key` (created on
+    /// first start). Every node of a deployment needs the same key.
+    pub auth_key_file: String,
+    /// Lifetime of a user session token, seconds.
+    pub session_ttl_secs: u64,
+    /// Default lifetime of a welcome token, seconds.
+    pub welcome_ttl_secs: u64,
+    /// Messages buffered per bus subscription before drops.
+    pub bus_capacity: usize,
+    /// Seconds to drain in-flight work at shutdown.
+    pub shutdown_grace_secs: u64,
+    /// Write the bound gRPC address to this file once serving (readiness
+    /// signal for scripts and tests); empty disables.
+    pub ready_file: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            data_dir: PathBuf::from("./data"),
+            nats_url: String::new(),
+            roles: ROLES.iter().map(|s| s.to_string()).collect(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            log_format: "text".into(),
+            auth_key_file: String::new(),
+            session_ttl_secs: 12 * 3600,
+            welcome_ttl_secs: 72 * 3600,
+            bus_capacity: 4096,
+            shutdown_grace_secs: 10,
+            ready_file: String::new(),
+        }
+    }
+}
+
+/// Config keys that may come from `PRESENCE_<KEY>` environment variables.
+pub const ENV_KEYS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "nats_url",
+    "roles",
+    "metrics_listen",
+    "log_format",
+    "auth_key_file",
+    "session_ttl_secs",
+    "welcome_ttl_secs",
+    "bus_capacity",
+    "shutdown_grace_secs",
+    "ready_file",
+];
+
+/// Values given as command-line flags; unset ones do not override.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Overrides {
+    /// `--listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// `--data-dir`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// `--nats-url`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nats_url: Option<String>,
+    /// `--roles`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roles: Option<Vec<String>>,
+    /// `--metrics-listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+    /// `--log-format`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<String>,
+    /// `--ready-file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ready_file: Option<String>,
+}
+
+/// A configuration error (exit code 64).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(pub String);
+
+impl Config {
+    /// Merges defaults, the TOML file (if any), `PRESENCE_*` environment
+    /// variables and `flags`, then validates.
+    pub fn load(file: Option<&std::path::Path>, flags: &Overrides) -> Result<Self, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        fig = fig.merge(Env::prefixed("PRESENCE_").only(ENV_KEYS));
+        fig = fig.merge(Serialized::defaults(flags));
+        let cfg: Config = fig.extract().map_err(|e| ConfigError(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.listen_addr()?;
+        if !self.metrics_listen.is_empty() {
+            self.metrics_listen.parse::<SocketAddr>().map_err(|_| {
+                ConfigError(format!(
+                    "metrics_listen {:?} is not host:port",
+                    self.metrics_listen
+                ))
+            })?;
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(ConfigError("data_dir must be set".into()));
+        }
+        if self.roles.is_empty() {
+            return Err(ConfigError("roles must name at least one role".into()));
+        }
+        for r in &self.roles {
+            if !ROLES.contains(&r.as_str()) {
+                return Err(ConfigError(format!(
+                    "unknown role {r:?}: expected {}",
+                    ROLES.join(", ")
+                )));
+            }
+        }
+        if !self.nats_url.is_empty()
+            && !self
+                .nats_url
+                .split(',')
+                .all(|u| u.starts_with("nats://") || u.starts_with("tls://") || u.contains(':'))
+        {
+            return Err(ConfigError(format!(
+                "nats_url {:?} is not a NATS URL",
+                self.nats_url
+            )));
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return Err(ConfigError(format!(
+                "log_format {:?}: expected text or json",
+                self.log_format
+            )));
+        }
+        if self.session_ttl_secs < 60 {
+            return Err(ConfigError("session_ttl_secs must be at least 60".into()));
+        }
+        if self.welcome_ttl_secs < 60 {
+            return Err(ConfigError("welcome_ttl_secs must be at least 60".into()));
+        }
+        if self.bus_capacity == 0 || self.bus_capacity > 1 << 20 {
+            return Err(ConfigError("bus_capacity must be 1..=1048576".into()));
+        }
+        Ok(())
+    }
+
+    /// Returns the parsed listen address.
+    pub fn listen_addr(&self) -> Result<SocketAddr, ConfigError> {
+        self.listen
+            .parse()
+            .map_err(|_| ConfigError(format!("listen {:?} is not host:port", self.listen)))
+    }
+
+    /// Returns whether this process has `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+
+    /// Returns the signing key path.
+    pub fn key_path(&self) -> PathBuf {
+        if self.auth_key_file.is_empty() {
+            self.data_dir.join("auth.key")
+        } else {
+            PathBuf::from(&self.auth_key_file)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_defaults_are_valid() {
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn test_bad_values_are_refused() {
+        let bad = [
+            Config {
+                listen: "nowhere".into(),
+                ..Config::default()
+            },
+            Config {
+                roles: vec!["router".into()],
+                ..Config::default()
+            },
+            Config {
+                roles: vec![],
+                ..Config::default()
+            },
+            Config {
+                log_format: "xml".into(),
+                ..Config::default()
+            },
+            Config {
+                metrics_listen: "x".into(),
+                ..Config::default()
+            },
+            Config {
+                bus_capacity: 0,
+                ..Config::default()
+            },
+            Config {
+                session_ttl_secs: 1,
+                ..Config::default()
+            },
+        ];
+        for c in bad {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn test_file_then_flags() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let f = dir.path().join("p.toml");
+        std::fs::write(
+            &f,
+            "listen = \"127.0.0.1:6000\"\nroles = [\"directory\"]\nbus_capacity = 10\n",
+        )?;
+        let flags = Overrides {
+            listen: Some("127.0.0.1:7000".into()),
+            ..Overrides::default()
+        };
+        let c = Config::load(Some(&f), &flags)?;
+        assert_eq!(c.listen, "127.0.0.1:7000");
+        assert_eq!(c.roles, vec!["directory".to_string()]);
+        assert_eq!(c.bus_capacity, 10);
+        std::fs::write(&f, "listen = \"127.0.0.1:6000\"\nbogus = 1\n")?;
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        assert!(
+            Config::load(
+                Some(&dir.path().join("missing.toml")),
+                &Overrides::default()
+            )
+            .is_err()
+        );
+        Ok(())
+    }
+}

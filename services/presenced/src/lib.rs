@@ -1,0 +1,16 @@
+//! presenced: the one server process of the presence broker.
+//!
+//! The binary (`src/main.rs`) only parses flags, sets up logging, traces,
+//! metrics and signals, then calls into this library:
+//! - [`config`]: defaults → TOML file → `PRESENCE_*` env → flags, validated
+//!   before anything binds;
+//! - [`server`]: builds storage, bus and services and serves them on a
+//!   listener it is given until a cancellation token fires;
+//! - [`telemetry`]: logging and the optional OTLP trace exporter.
+
+pub mod config;
+pub mod server;
+pub mod telemetry;
+
+pub use config::{Config, Overrides};
+pub use server::Server;

@@ -1,0 +1,265 @@
+//! Assembly of the presenced server: storage, bus, services, health,
+//! reflection, authentication, graceful shutdown. Never binds a port or
+//! installs a signal handler itself: `run` takes a bound listener and a
+//! cancellation token.
+
+use crate::config::Config;
+use anyhow::Context;
+use presence_auth::token::Subject;
+use presence_auth::{AuthInterceptor, TokenSigner};
+use presence_bus::nats::NatsConfig;
+use presence_bus::{InProcessBus, NatsBus, SharedBus};
+use presence_directory::store::keys;
+use presence_directory::{
+    AuthGrpc, Directory, DirectoryConfig, DirectoryGrpc, Store, StoreValidator,
+};
+use presence_proto::v1::auth_service_server::AuthServiceServer;
+use presence_proto::v1::directory_service_server::DirectoryServiceServer;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+
+/// File name of the bootstrap administrator token inside the data dir.
+pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-admin.token";
+
+/// Lifetime of the bootstrap administrator token.
+const BOOTSTRAP_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// gRPC service names served, for health.
+const SERVICES: &[&str] = &["presence.v1.DirectoryService", "presence.v1.AuthService"];
+
+/// A built server, ready to run on a listener.
+pub struct Server {
+    cfg: Config,
+    bus: SharedBus,
+    directory: Directory,
+    interceptor: AuthInterceptor,
+    bootstrap_token: Option<PathBuf>,
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(contents)?;
+    f.sync_all()
+}
+
+/// Reads the signing key, creating `<data_dir>/auth.key` on first start.
+pub fn load_or_create_key(cfg: &Config) -> anyhow::Result<TokenSigner> {
+    let path = cfg.key_path();
+    if !path.exists() {
+        if !cfg.auth_key_file.is_empty() {
+            anyhow::bail!("auth_key_file {} does not exist", path.display());
+        }
+        let hex: String = TokenSigner::generate_key()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        write_private(&path, hex.as_bytes())
+            .with_context(|| format!("create {}", path.display()))?;
+        tracing::info!(path = %path.display(), "created token signing key");
+    }
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+    let text = text.trim();
+    let key = (0..text.len())
+        .step_by(2)
+        .map(|i| {
+            text.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .with_context(|| format!("{} is not hex", path.display()))?;
+    TokenSigner::new(key).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Returns a token for the deployment-wide administrator service.
+pub fn admin_token(signer: &TokenSigner, name: &str, ttl: Duration) -> String {
+    signer
+        .issue(
+            Subject::Service {
+                name: name.to_owned(),
+                domains: vec!["*".into()],
+                rights: vec![presence_auth::rights::ALL.into()],
+            },
+            ttl.as_millis() as i64,
+        )
+        .0
+}
+
+impl Server {
+    /// Opens storage, connects the bus and builds the services.
+    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&cfg.data_dir)
+            .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+        let signer = load_or_create_key(&cfg)?;
+        let bus: SharedBus = if cfg.nats_url.is_empty() {
+            Arc::new(InProcessBus::new(cfg.bus_capacity))
+        } else {
+            let nc = NatsConfig {
+                url: cfg.nats_url.clone(),
+                subscription_capacity: cfg.bus_capacity,
+                connection_name: format!("presenced {}", cfg.roles.join(",")),
+                connect_timeout: Duration::from_secs(5),
+            };
+            Arc::new(NatsBus::connect(&nc).await?)
+        };
+        let store_dir = cfg.data_dir.join("directory");
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
+            .await?
+            .map_err(|e| anyhow::anyhow!("open directory store: {e}"))?;
+        let store = Arc::new(store);
+        let dcfg = DirectoryConfig {
+            session_ttl: Duration::from_secs(cfg.session_ttl_secs),
+            welcome_ttl: Duration::from_secs(cfg.welcome_ttl_secs),
+            ..DirectoryConfig::default()
+        };
+        let directory = Directory::new(store.clone(), bus.clone(), signer.clone(), dcfg)
+            .map_err(|e| anyhow::anyhow!("directory: {e}"))?;
+        let interceptor =
+            AuthInterceptor::required(signer.clone(), Arc::new(StoreValidator::new(store.clone())));
+        let bootstrap_token = bootstrap(&cfg, &store, &signer)?;
+        for r in &cfg.roles {
+            if r != "directory" {
+                tracing::warn!(role = %r, "role accepted but it serves nothing yet in this version");
+            }
+        }
+        Ok(Self {
+            cfg,
+            bus,
+            directory,
+            interceptor,
+            bootstrap_token,
+        })
+    }
+
+    /// Returns the path of the bootstrap admin token if this start
+    /// created it.
+    pub fn bootstrap_token_path(&self) -> Option<&Path> {
+        self.bootstrap_token.as_deref()
+    }
+
+    /// Returns the directory (for embedding and tests).
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` is cancelled, then
+    /// reports NOT_SERVING, stops accepting, drains for the grace period
+    /// and returns.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let addr = listener.local_addr()?;
+        let (reporter, health) = tonic_health::server::health_reporter();
+        let serving = self.cfg.has_role("directory");
+        for s in SERVICES {
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
+            reporter.set_service_status(*s, status).await;
+        }
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(presence_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let mut router = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(reflection().build_v1()?)
+            .add_service(reflection().build_v1alpha()?)
+            .add_optional_service(serving.then(|| {
+                DirectoryServiceServer::with_interceptor(
+                    DirectoryGrpc(self.directory.clone()),
+                    self.interceptor.clone(),
+                )
+            }));
+        let auth_interceptor = {
+            // Login and AcceptWelcome need no token; the other AuthService
+            // calls check for the principal themselves.
+            let i = self.interceptor.clone();
+            AuthInterceptor::optional_from(i)
+        };
+        router = router.add_optional_service(serving.then(|| {
+            AuthServiceServer::with_interceptor(AuthGrpc(self.directory.clone()), auth_interceptor)
+        }));
+        if !self.cfg.ready_file.is_empty() {
+            std::fs::write(&self.cfg.ready_file, addr.to_string())
+                .with_context(|| format!("write ready file {}", self.cfg.ready_file))?;
+        }
+        tracing::info!(%addr, bus = self.bus.kind(), roles = %self.cfg.roles.join(","), "serving");
+        let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
+        let stop = shutdown.clone();
+        let reporter2 = reporter.clone();
+        let serve = router.serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            async move {
+                stop.cancelled().await;
+                tracing::info!("shutting down: not serving, draining");
+                for s in SERVICES.iter().copied().chain([""]) {
+                    reporter2
+                        .set_service_status(s, ServingStatus::NotServing)
+                        .await;
+                }
+            },
+        );
+        tokio::pin!(serve);
+        tokio::select! {
+            r = &mut serve => r.context("grpc server")?,
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping remaining connections");
+            }
+        }
+        if let Err(e) = self.bus.flush().await {
+            tracing::warn!(error = %e, "bus flush at shutdown failed");
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// On the first start of a data dir, writes a deployment-wide admin token
+/// to `<data_dir>/bootstrap-admin.token` (mode 0600) and remembers that
+/// it did, so that deleting the file does not make a new one appear.
+fn bootstrap(cfg: &Config, store: &Store, signer: &TokenSigner) -> anyhow::Result<Option<PathBuf>> {
+    let marker = keys::key(keys::META, &["bootstrapped"]);
+    if store
+        .get_raw(&marker)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .is_some()
+    {
+        return Ok(None);
+    }
+    let path = cfg.data_dir.join(BOOTSTRAP_TOKEN_FILE);
+    let token = admin_token(signer, "bootstrap-admin", BOOTSTRAP_TTL);
+    if path.exists() {
+        std::fs::remove_file(&path).with_context(|| format!("replace {}", path.display()))?;
+    }
+    write_private(&path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("write {}", path.display()))?;
+    store
+        .write(|tx| {
+            tx.put_raw(marker, b"1".to_vec());
+            Ok(())
+        })
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    tracing::info!(path = %path.display(), "bootstrap admin token written; use it with presencectl --token-file");
+    Ok(Some(path))
+}
