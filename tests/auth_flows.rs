@@ -1,0 +1,529 @@
+//! Login, welcome, forced reset, user reset, password change, token
+//! issuance and session invalidation, end to end over gRPC.
+
+#![allow(clippy::unwrap_used)]
+
+use presence_proto::v1::{self, Scope};
+use presence_tests::{NewUser, Sandbox, assert_code, domain, site, user};
+use tonic::Code;
+
+const PW: &str = "correct horse battery";
+
+fn login(d: &str, u: &str, pw: &str, new: Option<&str>) -> v1::LoginRequest {
+    v1::LoginRequest {
+        domain: d.into(),
+        user: u.into(),
+        password: pw.into(),
+        new_password: new.map(str::to_owned),
+    }
+}
+
+async fn setup() -> Sandbox {
+    let sb = Sandbox::start().await;
+    let mut a = sb.admin.clone();
+    domain(&mut a, "acme").await;
+    site(&mut a, "acme", "hq").await;
+    user(
+        &mut a,
+        "acme",
+        "1001",
+        NewUser {
+            first: "Jack",
+            email: "jack@acme.com",
+            site: "hq",
+            password: Some(PW),
+            ..Default::default()
+        },
+    )
+    .await;
+    user(
+        &mut a,
+        "acme",
+        "1002",
+        NewUser {
+            first: "Jill",
+            email: "jill@acme.com",
+            site: "hq",
+            ..Default::default()
+        },
+    )
+    .await;
+    user(
+        &mut a,
+        "acme",
+        "1003",
+        NewUser {
+            scope: Some(Scope::SimpleUser),
+            password: Some(PW),
+            ..Default::default()
+        },
+    )
+    .await;
+    sb
+}
+
+#[tokio::test]
+async fn test_login_and_bad_credentials() {
+    let sb = setup().await;
+    let mut anon = sb.client(None).await;
+    let r = anon
+        .auth
+        .login(login("acme", "1001", PW, None))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.expires_at_ms > 0);
+    let mut me = sb.client(Some(&r.token)).await;
+    let who = me
+        .auth
+        .who_am_i(v1::WhoAmIRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    match who.principal.and_then(|p| p.kind) {
+        Some(v1::principal::Kind::User(u)) => assert_eq!(
+            (u.domain.as_str(), u.user.as_str(), u.scope),
+            ("acme", "1001", Scope::BasicUser as i32)
+        ),
+        other => panic!("unexpected principal {other:?}"),
+    }
+    // Wrong password, unknown user, user without password, unknown domain,
+    // malformed ids: all the same answer.
+    for req in [
+        login("acme", "1001", "wrong password", None),
+        login("acme", "9999", PW, None),
+        login("acme", "1002", PW, None),
+        login("nosuch", "1001", PW, None),
+        login("Bad.Domain", "1001", PW, None),
+    ] {
+        let m = assert_code(anon.auth.login(req).await, Code::Unauthenticated);
+        assert_eq!(m, "invalid credentials");
+    }
+    // A simple user has no portal access, even with the right password.
+    assert_code(
+        anon.auth.login(login("acme", "1003", PW, None)).await,
+        Code::PermissionDenied,
+    );
+    // Requests without a token or with a bad one.
+    let m = assert_code(
+        anon.directory
+            .list_users(v1::ListUsersRequest {
+                domain: "acme".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(m, "missing bearer token");
+    let mut forged = sb.client(Some("pst1.eyJ4IjoxfQ.AAAA")).await;
+    assert_code(
+        forged.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    let mut garbage = sb.client(Some("garbage")).await;
+    assert_code(
+        garbage
+            .directory
+            .get_domain(v1::GetDomainRequest { id: "acme".into() })
+            .await,
+        Code::Unauthenticated,
+    );
+}
+
+#[tokio::test]
+async fn test_welcome_flow_is_single_use() {
+    let sb = setup().await;
+    let mut a = sb.admin.clone();
+    let w = a
+        .directory
+        .send_welcome(v1::SendWelcomeRequest {
+            domain: "acme".into(),
+            user: "1002".into(),
+            ttl_seconds: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(w.welcome_token.len() >= 40);
+    let mut anon = sb.client(None).await;
+    let bad = v1::AcceptWelcomeRequest {
+        welcome_token: w.welcome_token.clone(),
+        password: "short".into(),
+        voicemail_pin: None,
+    };
+    assert_code(anon.auth.accept_welcome(bad).await, Code::InvalidArgument);
+    let ok = v1::AcceptWelcomeRequest {
+        welcome_token: w.welcome_token.clone(),
+        password: PW.into(),
+        voicemail_pin: Some("2468".into()),
+    };
+    let r = anon
+        .auth
+        .accept_welcome(ok.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut jill = sb.client(Some(&r.token)).await;
+    jill.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    let o = a
+        .directory
+        .get_user_options(v1::GetUserOptionsRequest {
+            domain: "acme".into(),
+            user: "1002".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(o.voicemail.unwrap().pin_set);
+    // Single use.
+    let m = assert_code(anon.auth.accept_welcome(ok).await, Code::Unauthenticated);
+    assert_eq!(m, "invalid or expired welcome token");
+    anon.auth
+        .login(login("acme", "1002", PW, None))
+        .await
+        .unwrap();
+    // A second welcome replaces the first.
+    let w1 = a
+        .directory
+        .send_welcome(v1::SendWelcomeRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let w2 = a
+        .directory
+        .send_welcome(v1::SendWelcomeRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let use1 = v1::AcceptWelcomeRequest {
+        welcome_token: w1.welcome_token,
+        password: PW.into(),
+        voicemail_pin: None,
+    };
+    assert_code(anon.auth.accept_welcome(use1).await, Code::Unauthenticated);
+    let use2 = v1::AcceptWelcomeRequest {
+        welcome_token: w2.welcome_token,
+        password: PW.into(),
+        voicemail_pin: None,
+    };
+    anon.auth.accept_welcome(use2).await.unwrap();
+    // Deleting the user kills a pending welcome.
+    let w3 = a
+        .directory
+        .send_welcome(v1::SendWelcomeRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+            ttl_seconds: 60,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    a.directory
+        .delete_user(v1::DeleteUserRequest {
+            domain: "acme".into(),
+            id: "1001".into(),
+            expected_version: 0,
+        })
+        .await
+        .unwrap();
+    let use3 = v1::AcceptWelcomeRequest {
+        welcome_token: w3.welcome_token,
+        password: PW.into(),
+        voicemail_pin: None,
+    };
+    assert_code(anon.auth.accept_welcome(use3).await, Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn test_force_reset_and_reset_end_sessions() {
+    let sb = setup().await;
+    let mut a = sb.admin.clone();
+    let mut jack = sb.login("acme", "1001", PW).await;
+    jack.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    let u = a
+        .directory
+        .force_password_reset(v1::ForcePasswordResetRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(u.password_reset_required);
+    let m = assert_code(
+        jack.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(m, "session ended; log in again");
+    let mut anon = sb.client(None).await;
+    assert_code(
+        anon.auth.login(login("acme", "1001", PW, None)).await,
+        Code::FailedPrecondition,
+    );
+    assert_code(
+        anon.auth
+            .login(login("acme", "1001", PW, Some("short")))
+            .await,
+        Code::InvalidArgument,
+    );
+    let new_pw = "a brand new passphrase";
+    let r = anon
+        .auth
+        .login(login("acme", "1001", PW, Some(new_pw)))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut jack = sb.client(Some(&r.token)).await;
+    jack.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    assert_code(
+        anon.auth.login(login("acme", "1001", PW, None)).await,
+        Code::Unauthenticated,
+    );
+    let u = a
+        .directory
+        .get_user(v1::GetUserRequest {
+            domain: "acme".into(),
+            id: "1001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!u.password_reset_required);
+
+    // Reset: options back to defaults and sessions ended.
+    a.directory
+        .update_voicemail(v1::UpdateVoicemailRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+            pin: Some("1111".into()),
+            greeting: Some("hi".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    a.directory
+        .reset_user(v1::ResetUserRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+        })
+        .await
+        .unwrap();
+    assert_code(
+        jack.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    let o = a
+        .directory
+        .get_user_options(v1::GetUserOptionsRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let vm = o.voicemail.unwrap();
+    assert!(!vm.pin_set && vm.greeting.is_empty() && o.answering_rules.is_empty());
+    // The password still works after a reset.
+    anon.auth
+        .login(login("acme", "1001", new_pw, None))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn test_scope_change_takes_effect_on_existing_tokens() {
+    let sb = setup().await;
+    let mut a = sb.admin.clone();
+    let mut jack = sb.login("acme", "1001", PW).await;
+    assert_code(
+        jack.directory
+            .create_site(v1::CreateSiteRequest {
+                domain: "acme".into(),
+                id: "x".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    a.directory
+        .update_user(v1::UpdateUserRequest {
+            domain: "acme".into(),
+            id: "1001".into(),
+            scope: Some(Scope::OfficeManager as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    jack.directory
+        .create_site(v1::CreateSiteRequest {
+            domain: "acme".into(),
+            id: "x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    a.directory
+        .delete_user(v1::DeleteUserRequest {
+            domain: "acme".into(),
+            id: "1001".into(),
+            expected_version: 0,
+        })
+        .await
+        .unwrap();
+    assert_code(
+        jack.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+}
+
+#[tokio::test]
+async fn test_change_password_and_issue_tokens() {
+    let sb = setup().await;
+    let mut a = sb.admin.clone();
+    let mut jack = sb.login("acme", "1001", PW).await;
+    let mut jack2 = sb.login("acme", "1001", PW).await;
+    assert_code(
+        jack.auth
+            .change_password(v1::ChangePasswordRequest {
+                old_password: "nope nope".into(),
+                new_password: "another passphrase".into(),
+            })
+            .await,
+        Code::Unauthenticated,
+    );
+    let r = jack
+        .auth
+        .change_password(v1::ChangePasswordRequest {
+            old_password: PW.into(),
+            new_password: "another passphrase".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_code(
+        jack2.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    let mut jack3 = sb.client(Some(&r.token)).await;
+    jack3.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+
+    // A service token with a subset of rights; it cannot escalate.
+    let svc = |rights: &[&str], domains: &[&str]| v1::IssueTokenRequest {
+        subject: Some(v1::issue_token_request::Subject::Service(
+            v1::ServicePrincipal {
+                name: "gateway".into(),
+                domains: domains.iter().map(|s| s.to_string()).collect(),
+                rights: rights.iter().map(|s| s.to_string()).collect(),
+            },
+        )),
+        ttl_seconds: 600,
+    };
+    let t = a
+        .auth
+        .issue_token(svc(&["directory.read", "tokens.issue"], &["acme"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut gw = sb.client(Some(&t)).await;
+    gw.directory
+        .list_users(v1::ListUsersRequest {
+            domain: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_code(
+        gw.directory
+            .create_site(v1::CreateSiteRequest {
+                domain: "acme".into(),
+                id: "y".into(),
+                ..Default::default()
+            })
+            .await,
+        Code::PermissionDenied,
+    );
+    gw.auth
+        .issue_token(svc(&["directory.read"], &["acme"]))
+        .await
+        .unwrap();
+    assert_code(
+        gw.auth
+            .issue_token(svc(&["directory.write"], &["acme"]))
+            .await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        gw.auth.issue_token(svc(&["directory.read"], &["*"])).await,
+        Code::PermissionDenied,
+    );
+    assert_code(
+        gw.auth.issue_token(svc(&["root"], &["acme"])).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        gw.auth.issue_token(svc(&[], &["acme"])).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        gw.auth.issue_token(svc(&["directory.read"], &[])).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        gw.auth
+            .issue_token(v1::IssueTokenRequest {
+                subject: None,
+                ttl_seconds: 0,
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    // Phone tokens end when the phone is deleted.
+    a.directory
+        .add_phone(v1::AddPhoneRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+            mac: "0004f2000042".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pt = a
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Phone(
+                v1::PhonePrincipal {
+                    domain: "acme".into(),
+                    user: String::new(),
+                    mac: "0004f2000042".into(),
+                },
+            )),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut phone = sb.client(Some(&pt)).await;
+    phone.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    a.directory
+        .delete_phone(v1::DeletePhoneRequest {
+            domain: "acme".into(),
+            mac: "0004f2000042".into(),
+            expected_version: 0,
+        })
+        .await
+        .unwrap();
+    assert_code(
+        phone.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+}
