@@ -482,7 +482,7 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
                 domain: d(),
                 id: "q1".into(),
                 agent: "agent".into(),
-                logged_in: i % 2 == 0,
+                logged_in: i.is_multiple_of(2),
             })
             .await
             .map(drop),

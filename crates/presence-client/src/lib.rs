@@ -84,7 +84,7 @@ pub async fn connect(url: &str, token: Option<&str>) -> Result<PresenceClient, C
         .connect()
         .await
         .map_err(|e| ClientError::Connect(url.to_owned(), e.to_string()))?;
-    Ok(with_channel(channel, token)?)
+    with_channel(channel, token)
 }
 
 /// Returns clients over an existing channel.

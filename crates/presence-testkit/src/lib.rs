@@ -71,6 +71,8 @@ impl NatsServer {
     }
 }
 
+// The child is returned to the caller, whose Drop kills and waits for it.
+#[allow(clippy::zombie_processes)]
 fn spawn(dir: &Path, port: u16) -> (Child, String) {
     let ports_dir: PathBuf = dir.join("ports");
     let _ = std::fs::remove_dir_all(&ports_dir);
@@ -82,7 +84,7 @@ fn spawn(dir: &Path, port: u16) -> (Child, String) {
     } else {
         port.to_string()
     };
-    let child = Command::new(binary())
+    let mut child = Command::new(binary())
         .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
         .arg(dir.join("js"))
         .arg("--ports_file_dir")
@@ -99,20 +101,19 @@ fn spawn(dir: &Path, port: u16) -> (Child, String) {
     let ports_file = ports_dir.join(format!("nats-server_{}.ports", child.id()));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(text) = std::fs::read_to_string(&ports_file) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                if let Some(url) = v["nats"][0].as_str() {
-                    // The ports file is written once the listener is up.
-                    if std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_ok() {
-                        return (child, url.to_owned());
-                    }
-                }
-            }
+        // The ports file is written once the listener is up.
+        if let Ok(text) = std::fs::read_to_string(&ports_file)
+            && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
+            && let Some(url) = v["nats"][0].as_str()
+            && std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_ok()
+        {
+            return (child, url.to_owned());
         }
-        assert!(
-            Instant::now() < deadline,
-            "nats-server did not start within 20s"
-        );
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("nats-server did not start within 20s");
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -327,14 +327,13 @@ impl Directory {
                 })
             })
             .await?;
-        if let Ok(domain) = DomainId::parse(&mail.domain) {
-            if let Err(e) = self
+        if let Ok(domain) = DomainId::parse(&mail.domain)
+            && let Err(e) = self
                 .bus()
                 .publish(subjects::mail(&domain), mail.encode_to_vec().into())
                 .await
-            {
-                tracing::warn!(error = %e, domain = %domain, user = %mail.user, "welcome mail not published");
-            }
+        {
+            tracing::warn!(error = %e, domain = %domain, user = %mail.user, "welcome mail not published");
         }
         Ok(v1::SendWelcomeResponse {
             welcome_token: token,

@@ -163,28 +163,28 @@ impl Directory {
             r.require_manage(&owner.site, scope_of(&owner), &format!("edit phone {mac}"))?;
             check_version(&format!("phone {mac}"), ph.version, req.expected_version)?;
             let mut facts = Vec::new();
-            if let Some(no) = new_owner {
-                if no.as_str() != ph.user {
-                    let nu = tx.user(&d, &no)?;
-                    r.require_manage(
-                        &nu.site,
-                        scope_of(&nu),
-                        &format!("give phones to user {no}"),
-                    )?;
-                    tx.delete(key(
+            if let Some(no) = new_owner
+                && no.as_str() != ph.user
+            {
+                let nu = tx.user(&d, &no)?;
+                r.require_manage(
+                    &nu.site,
+                    scope_of(&nu),
+                    &format!("give phones to user {no}"),
+                )?;
+                tx.delete(key(
+                    keys::PHONE_BY_USER,
+                    &[d.as_str(), &ph.user, mac.as_str()],
+                ));
+                tx.put_raw(
+                    key(
                         keys::PHONE_BY_USER,
-                        &[d.as_str(), &ph.user, mac.as_str()],
-                    ));
-                    tx.put_raw(
-                        key(
-                            keys::PHONE_BY_USER,
-                            &[d.as_str(), no.as_str(), mac.as_str()],
-                        ),
-                        Vec::new(),
-                    );
-                    facts.push(format!("moved_from:{}", ph.user));
-                    ph.user = no.to_string();
-                }
+                        &[d.as_str(), no.as_str(), mac.as_str()],
+                    ),
+                    Vec::new(),
+                );
+                facts.push(format!("moved_from:{}", ph.user));
+                ph.user = no.to_string();
             }
             if let Some(v) = model {
                 ph.model = v;

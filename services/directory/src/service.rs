@@ -523,13 +523,13 @@ impl Directory {
             let s = tx.site(&d, &id)?;
             check_version(&format!("site {id}"), s.version, req.expected_version)?;
             for k in tx.keys_with_prefix(&keys::prefix(keys::USER, &[d.as_str()]))? {
-                if let Some(u) = tx.record::<v1::User>(&k)? {
-                    if u.site == id.as_str() {
-                        return Err(ApiError::FailedPrecondition(format!(
-                            "site {id} still has users (e.g. {}); move or delete them first",
-                            u.id
-                        )));
-                    }
+                if let Some(u) = tx.record::<v1::User>(&k)?
+                    && u.site == id.as_str()
+                {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "site {id} still has users (e.g. {}); move or delete them first",
+                        u.id
+                    )));
                 }
             }
             tx.delete(key(keys::SITE, &[d.as_str(), id.as_str()]));

@@ -82,10 +82,10 @@ fn check_scope_ceiling(r: &Role, scope: Scope) -> ApiResult<()> {
 pub(crate) fn memberships(tx: &Tx<'_>, d: &DomainId, user: &str) -> ApiResult<Vec<v1::Queue>> {
     let mut out = Vec::new();
     for k in tx.keys_with_prefix(&keys::prefix(keys::QUEUE, &[d.as_str()]))? {
-        if let Some(q) = tx.record::<v1::Queue>(&k)? {
-            if q.agents.iter().any(|a| a.user == user) || q.supervisors.iter().any(|s| s == user) {
-                out.push(q);
-            }
+        if let Some(q) = tx.record::<v1::Queue>(&k)?
+            && (q.agents.iter().any(|a| a.user == user) || q.supervisors.iter().any(|s| s == user))
+        {
+            out.push(q);
         }
     }
     Ok(out)

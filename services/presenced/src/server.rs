@@ -201,7 +201,10 @@ impl Server {
             AuthServiceServer::with_interceptor(AuthGrpc(self.directory.clone()), auth_interceptor)
         }));
         if !self.cfg.ready_file.is_empty() {
-            std::fs::write(&self.cfg.ready_file, addr.to_string())
+            // Written then renamed, so a reader never sees half an address.
+            let tmp = format!("{}.tmp", self.cfg.ready_file);
+            std::fs::write(&tmp, addr.to_string())
+                .and_then(|()| std::fs::rename(&tmp, &self.cfg.ready_file))
                 .with_context(|| format!("write ready file {}", self.cfg.ready_file))?;
         }
         tracing::info!(%addr, bus = self.bus.kind(), roles = %self.cfg.roles.join(","), "serving");

@@ -58,10 +58,10 @@ impl Telemetry {
 
     /// Flushes and stops the trace exporter.
     pub fn shutdown(self) {
-        if let Some(p) = self.provider {
-            if let Err(e) = p.shutdown() {
-                eprintln!("trace provider shutdown: {e}");
-            }
+        if let Some(p) = self.provider
+            && let Err(e) = p.shutdown()
+        {
+            eprintln!("trace provider shutdown: {e}");
         }
     }
 }
