@@ -69,6 +69,7 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     write_lock: Mutex<()>,
+    sync: bool,
 }
 
 fn storage(e: sled::Error) -> ApiError {
@@ -82,8 +83,20 @@ pub fn decode<M: Message + Default>(bytes: &[u8]) -> ApiResult<M> {
 }
 
 impl Store {
-    /// Opens (or creates) the store under `dir`.
+    /// Opens (or creates) the store under `dir`. Every commit is flushed
+    /// to disk before it is acknowledged.
     pub fn open(dir: &Path) -> ApiResult<Self> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens the store without flushing each commit (sled still flushes
+    /// in the background). Only for bulk loads and benchmarks: a crash
+    /// may lose acknowledged writes (never atomicity).
+    pub fn open_unsynced(dir: &Path) -> ApiResult<Self> {
+        Self::open_with(dir, false)
+    }
+
+    fn open_with(dir: &Path, sync: bool) -> ApiResult<Self> {
         let db = sled::Config::new()
             .path(dir)
             .mode(sled::Mode::LowSpace)
@@ -94,6 +107,7 @@ impl Store {
             db,
             tree,
             write_lock: Mutex::new(()),
+            sync,
         })
     }
 
@@ -177,7 +191,9 @@ impl Store {
         drop(guard);
         // Acknowledge only what is on disk; concurrent commits share the
         // flush (group commit).
-        self.db.flush().map_err(storage)?;
+        if self.sync {
+            self.db.flush().map_err(storage)?;
+        }
         Ok((out, events))
     }
 }

@@ -21,6 +21,11 @@ impl Drop for Proc {
 
 /// Starts presenced on a random port and waits for its ready file.
 fn start(dir: &Path) -> (Proc, String) {
+    start_with(dir, &["--metrics-listen", ""])
+}
+
+/// Like [`start`], with extra flags.
+fn start_with(dir: &Path, extra: &[&str]) -> (Proc, String) {
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let child = Proc(
@@ -29,8 +34,7 @@ fn start(dir: &Path) -> (Proc, String) {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .arg("--metrics-listen")
-            .arg("")
+            .args(extra)
             .arg("--ready-file")
             .arg(&ready)
             .stdout(Stdio::null())
@@ -256,4 +260,46 @@ async fn test_sigterm_shuts_down_cleanly() {
         .get_domain(v1::GetDomainRequest { id: "acme".into() })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn test_prometheus_metrics_endpoint() {
+    use std::io::{Read, Write};
+    let tmp = tempfile::tempdir().unwrap();
+    // A free port for the exporter (it binds by itself).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (_proc, url) = start_with(tmp.path(), &["--metrics-listen", &metrics]);
+    let mut anon = connect(&url, None).await.unwrap();
+    let r = anon
+        .auth
+        .login(v1::LoginRequest {
+            domain: "acme".into(),
+            user: "1".into(),
+            password: "wrong password".into(),
+            new_password: None,
+        })
+        .await;
+    assert_eq!(r.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut s = std::net::TcpStream::connect(&metrics).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    assert!(
+        body.starts_with("HTTP/1.") && body.contains(" 200 "),
+        "{body}"
+    );
+    assert!(
+        body.contains("presence_logins_total{result=\"failed\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("presence_rpc_errors_total{rpc=\"login\"} 1"),
+        "{body}"
+    );
 }

@@ -593,6 +593,17 @@ fn user_rows(users: &[v1::User]) -> Vec<Vec<String>> {
         .collect()
 }
 
+const DOMAIN_HEADERS: &[&str] = &["id", "name", "dns name", "version"];
+
+fn domain_row(d: &v1::Domain) -> Vec<String> {
+    vec![
+        d.id.clone(),
+        d.name.clone(),
+        d.dns_name.clone(),
+        d.version.to_string(),
+    ]
+}
+
 const USER_HEADERS: &[&str] = &[
     "id",
     "name",
@@ -795,102 +806,66 @@ async fn run(cli: Cli) -> CtlResult<()> {
             };
             out.value(&r, &["kind", "who", "scope/rights"], vec![row])?;
         }
-        Cmd::Domains(cmd) => match cmd {
-            DomainCmd::List => {
-                let r = c
-                    .directory
-                    .list_domains(v1::ListDomainsRequest {
-                        page_size: 1000,
-                        page_token: String::new(),
-                    })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                let rows = r
-                    .domains
-                    .iter()
-                    .map(|d| {
-                        vec![
-                            d.id.clone(),
-                            d.name.clone(),
-                            d.dns_name.clone(),
-                            d.version.to_string(),
-                        ]
-                    })
-                    .collect();
-                out.value(&r, &["id", "name", "dns name", "version"], rows)?;
+        Cmd::Domains(cmd) => {
+            let d = match cmd {
+                DomainCmd::List => {
+                    let r = c
+                        .directory
+                        .list_domains(v1::ListDomainsRequest {
+                            page_size: 1000,
+                            page_token: String::new(),
+                        })
+                        .await
+                        .map_err(status_err)?
+                        .into_inner();
+                    return out.value(
+                        &r,
+                        DOMAIN_HEADERS,
+                        r.domains.iter().map(domain_row).collect(),
+                    );
+                }
+                DomainCmd::Delete {
+                    id,
+                    force,
+                    expected_version,
+                } => {
+                    c.directory
+                        .delete_domain(v1::DeleteDomainRequest {
+                            id: id.clone(),
+                            expected_version,
+                            force,
+                        })
+                        .await
+                        .map_err(status_err)?;
+                    out.done(&format!("domain {id} deleted"));
+                    return Ok(());
+                }
+                DomainCmd::Get { id } => c.directory.get_domain(v1::GetDomainRequest { id }).await,
+                DomainCmd::Create { id, name, dns_name } => {
+                    c.directory
+                        .create_domain(v1::CreateDomainRequest { id, name, dns_name })
+                        .await
+                }
+                DomainCmd::Update {
+                    id,
+                    name,
+                    dns_name,
+                    expected_version,
+                } => {
+                    c.directory
+                        .update_domain(v1::UpdateDomainRequest {
+                            id,
+                            expected_version,
+                            name,
+                            dns_name,
+                        })
+                        .await
+                }
             }
-            DomainCmd::Get { id } => {
-                let d = c
-                    .directory
-                    .get_domain(v1::GetDomainRequest { id })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                let rows = vec![vec![
-                    d.id.clone(),
-                    d.name.clone(),
-                    d.dns_name.clone(),
-                    d.version.to_string(),
-                ]];
-                out.value(&d, &["id", "name", "dns name", "version"], rows)?;
-            }
-            DomainCmd::Create { id, name, dns_name } => {
-                let d = c
-                    .directory
-                    .create_domain(v1::CreateDomainRequest { id, name, dns_name })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                let rows = vec![vec![
-                    d.id.clone(),
-                    d.name.clone(),
-                    d.dns_name.clone(),
-                    d.version.to_string(),
-                ]];
-                out.value(&d, &["id", "name", "dns name", "version"], rows)?;
-            }
-            DomainCmd::Update {
-                id,
-                name,
-                dns_name,
-                expected_version,
-            } => {
-                let d = c
-                    .directory
-                    .update_domain(v1::UpdateDomainRequest {
-                        id,
-                        expected_version,
-                        name,
-                        dns_name,
-                    })
-                    .await
-                    .map_err(status_err)?
-                    .into_inner();
-                let rows = vec![vec![
-                    d.id.clone(),
-                    d.name.clone(),
-                    d.dns_name.clone(),
-                    d.version.to_string(),
-                ]];
-                out.value(&d, &["id", "name", "dns name", "version"], rows)?;
-            }
-            DomainCmd::Delete {
-                id,
-                force,
-                expected_version,
-            } => {
-                c.directory
-                    .delete_domain(v1::DeleteDomainRequest {
-                        id: id.clone(),
-                        expected_version,
-                        force,
-                    })
-                    .await
-                    .map_err(status_err)?;
-                out.done(&format!("domain {id} deleted"));
-            }
-        },
+            .map_err(status_err)?
+            .into_inner();
+            out.value(&d, DOMAIN_HEADERS, vec![domain_row(&d)])?;
+        }
         Cmd::Sites(cmd) => {
             let site_row = |s: &v1::Site| {
                 vec![
