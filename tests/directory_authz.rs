@@ -218,6 +218,16 @@ async fn setup(sb: &Sandbox) -> Vec<PresenceClient> {
             .await;
         }
         domain(&mut a, &format!("scratch-{i}")).await;
+        site(&mut a, "acme", &format!("x-{i}")).await;
+        a.directory
+            .add_phone(v1::AddPhoneRequest {
+                domain: "acme".into(),
+                user: format!("u-{i}"),
+                mac: format!("0004f20020{i:02x}"),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
     }
     let issue = |subject| v1::IssueTokenRequest {
         subject: Some(subject),
@@ -520,6 +530,82 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
             .await
             .map(drop),
         "who_am_i" => c.auth.who_am_i(v1::WhoAmIRequest {}).await.map(drop),
+        "list_domains" => dir
+            .list_domains(v1::ListDomainsRequest::default())
+            .await
+            .map(drop),
+        "get_site" => dir
+            .get_site(v1::GetSiteRequest {
+                domain: d(),
+                id: "hq".into(),
+            })
+            .await
+            .map(drop),
+        "update_site" => dir
+            .update_site(v1::UpdateSiteRequest {
+                domain: d(),
+                id: "hq".into(),
+                address: Some(format!("{i} Main St")),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "delete_site" => dir
+            .delete_site(v1::DeleteSiteRequest {
+                domain: d(),
+                id: format!("x-{i}"),
+                expected_version: 0,
+            })
+            .await
+            .map(drop),
+        "get_phone_basic" => dir
+            .get_phone(v1::GetPhoneRequest {
+                domain: d(),
+                mac: "0004f2000100".into(),
+            })
+            .await
+            .map(drop),
+        "update_phone" => dir
+            .update_phone(v1::UpdatePhoneRequest {
+                domain: d(),
+                mac: format!("0004f20020{i:02x}"),
+                label: Some(format!("label {i}")),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "delete_phone" => dir
+            .delete_phone(v1::DeletePhoneRequest {
+                domain: d(),
+                mac: format!("0004f20020{i:02x}"),
+                expected_version: 0,
+            })
+            .await
+            .map(drop),
+        "list_queues" => dir
+            .list_queues(v1::ListQueuesRequest {
+                domain: d(),
+                member: String::new(),
+            })
+            .await
+            .map(drop),
+        "voicemail_basic" => dir
+            .update_voicemail(v1::UpdateVoicemailRequest {
+                domain: d(),
+                user: "basic".into(),
+                greeting: Some(format!("greeting {i}")),
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        "change_password" => c
+            .auth
+            .change_password(v1::ChangePasswordRequest {
+                old_password: PW.into(),
+                new_password: PW.into(),
+            })
+            .await
+            .map(drop),
         other => panic!("unknown op {other}"),
     }
 }

@@ -175,6 +175,26 @@ async fn test_bad_config_exits_64_before_binding() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("invalid configuration"), "{args:?}: {err}");
     }
+    // The environment layer is validated too.
+    let out = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .env("PRESENCE_BUS_CAPACITY", "0")
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bus_capacity"));
+    // A bad TOML file is refused as a whole.
+    let cfg = tmp.path().join("bad.toml");
+    std::fs::write(&cfg, "listen = \"127.0.0.1:0\"\nsurprise = true\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
     assert!(!tmp.path().join("data").exists(), "nothing was created");
 }
 
@@ -260,6 +280,42 @@ async fn test_sigterm_shuts_down_cleanly() {
         .get_domain(v1::GetDomainRequest { id: "acme".into() })
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn test_environment_overrides_file_and_flags_override_environment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("p.toml");
+    std::fs::write(&cfg, "listen = \"not-an-address\"\nmetrics_listen = \"\"\n").unwrap();
+    let ready = tmp.path().join("ready");
+    // The file's bad listen is overridden by the environment, whose data
+    // dir is overridden by the flag.
+    let mut child = Proc(
+        Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .env("PRESENCE_LISTEN", "127.0.0.1:0")
+            .env("PRESENCE_DATA_DIR", tmp.path().join("env-data"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--data-dir")
+            .arg(tmp.path().join("flag-data"))
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read_to_string(&ready)
+        .map(|s| s.is_empty())
+        .unwrap_or(true)
+    {
+        assert!(child.0.try_wait().unwrap().is_none(), "presenced exited");
+        assert!(Instant::now() < deadline, "presenced did not become ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(tmp.path().join("flag-data/bootstrap-admin.token").exists());
+    assert!(!tmp.path().join("env-data").exists());
 }
 
 #[tokio::test]
