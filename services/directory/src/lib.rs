@@ -13,11 +13,13 @@
 //!   `queues` and `auth`;
 //! - [`auth`]: login, welcome, password change, token issuance and the
 //!   [`auth::StoreValidator`] used by every server's interceptor;
+//! - [`hooks`]: extension points run inside directory transactions;
 //! - [`grpc`]: the tonic adapters.
 
 pub mod auth;
 pub mod authz;
 pub mod grpc;
+pub mod hooks;
 mod options;
 mod phones;
 mod queues;
@@ -29,5 +31,6 @@ mod users;
 
 pub use auth::StoreValidator;
 pub use grpc::{AuthGrpc, DirectoryGrpc};
+pub use hooks::DirectoryHooks;
 pub use service::{Directory, DirectoryConfig};
 pub use store::Store;

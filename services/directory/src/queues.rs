@@ -102,6 +102,7 @@ impl Directory {
         }
         let agents = parse_unique("agent", &req.agents)?;
         let supervisors = parse_unique("supervisor", &req.supervisors)?;
+        let hooks = self.hooks();
         self.write(move |tx| {
             tx.domain(&d)?;
             let (mut q, qu) = load(tx, &d, &id)?;
@@ -141,6 +142,12 @@ impl Directory {
                 .collect();
             q.supervisors = supervisors.iter().map(|s| s.to_string()).collect();
             q.version += 1;
+            let mut concerned: Vec<String> = old.iter().map(|a| a.user.clone()).collect();
+            concerned.extend(q.agents.iter().map(|a| a.user.clone()));
+            concerned.extend(q.supervisors.iter().cloned());
+            for h in &hooks {
+                h.access_changed(tx, &d, &concerned, "queue members changed")?;
+            }
             tx.put(key(keys::QUEUE, &[d.as_str(), id.as_str()]), &q);
             tx.emit(event(
                 &d,

@@ -6,8 +6,9 @@
 //! (`presence.v1.dir.<domain>`).
 
 use crate::authz::role;
+use crate::hooks::DirectoryHooks;
 use crate::records::{Read, check_version, event};
-use crate::store::{Store, Tx, keys};
+use crate::store::{Outbox, Store, Tx, keys};
 use presence_auth::password::{self, HashCost};
 use presence_auth::token::now_ms;
 use presence_auth::{Principal, TokenSigner, rights};
@@ -49,7 +50,8 @@ pub const PAGE_DEFAULT: usize = 100;
 /// Largest page size; larger requests are clamped.
 pub const PAGE_MAX: usize = 1000;
 
-pub(crate) fn page_size(n: u32) -> usize {
+/// Returns the effective page size of a request (0 → default, clamped).
+pub fn page_size(n: u32) -> usize {
     match n as usize {
         0 => PAGE_DEFAULT,
         n => n.min(PAGE_MAX),
@@ -63,6 +65,7 @@ pub struct Directory {
 }
 
 struct Inner {
+    hooks: std::sync::RwLock<Vec<Arc<dyn DirectoryHooks>>>,
     store: Arc<Store>,
     bus: SharedBus,
     signer: TokenSigner,
@@ -96,6 +99,7 @@ impl Directory {
         let dummy_hash = password::hash("presence-dummy-password", cfg.hash_cost)?;
         Ok(Self {
             inner: Arc::new(Inner {
+                hooks: std::sync::RwLock::new(Vec::new()),
                 store,
                 bus,
                 signer,
@@ -103,6 +107,23 @@ impl Directory {
                 dummy_hash,
             }),
         })
+    }
+
+    /// Registers hooks run inside every later directory transaction that
+    /// deletes or changes access-relevant data.
+    pub fn add_hooks(&self, h: Arc<dyn DirectoryHooks>) {
+        match self.inner.hooks.write() {
+            Ok(mut g) => g.push(h),
+            Err(p) => p.into_inner().push(h),
+        }
+    }
+
+    /// Returns the registered hooks.
+    pub(crate) fn hooks(&self) -> Vec<Arc<dyn DirectoryHooks>> {
+        match self.inner.hooks.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     /// Returns the store (for the session validator and tests).
@@ -130,7 +151,8 @@ impl Directory {
         &self.inner.dummy_hash
     }
 
-    pub(crate) async fn read<T: Send + 'static>(
+    /// Runs a read on a blocking thread.
+    pub async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
@@ -140,20 +162,33 @@ impl Directory {
             .map_err(join_err)?
     }
 
-    pub(crate) async fn write<T: Send + 'static>(
+    /// Runs one atomic, durable transaction on a blocking thread, then
+    /// publishes its outbox. Services sharing the store (policy) use it
+    /// for their own records.
+    pub async fn write<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> ApiResult<T> + Send + 'static,
     ) -> ApiResult<T> {
         let store = self.inner.store.clone();
-        let (out, events) = tokio::task::spawn_blocking(move || store.write(f))
+        let (out, outbox) = tokio::task::spawn_blocking(move || store.write(f))
             .await
             .map_err(join_err)??;
-        self.publish_events(events).await;
+        self.publish_outbox(outbox).await;
         Ok(out)
     }
 
-    async fn publish_events(&self, events: Vec<v1::DirectoryEvent>) {
-        for ev in events {
+    async fn publish_outbox(&self, outbox: Outbox) {
+        for (subject, payload) in outbox.messages {
+            if let Err(e) = self
+                .inner
+                .bus
+                .publish(subject.clone(), payload.into())
+                .await
+            {
+                tracing::warn!(error = %e, %subject, "message not published");
+            }
+        }
+        for ev in outbox.events {
             metrics::counter!("presence_directory_changes_total").increment(1);
             let Ok(domain) = DomainId::parse(&ev.domain) else {
                 continue;
@@ -326,6 +361,7 @@ impl Directory {
             p.require_domain(&id)?;
             return Err(ApiError::denied("not allowed to delete domains"));
         }
+        let hooks = self.hooks();
         self.write(move |tx| {
             let d = tx.domain(&id)?;
             check_version(&format!("domain {id}"), d.version, req.expected_version)?;
@@ -365,6 +401,9 @@ impl Directory {
                 for k in tx.keys_with_prefix(&keys::prefix(tag, &[id.as_str()]))? {
                     tx.delete(k);
                 }
+            }
+            for h in &hooks {
+                h.domain_deleted(tx, &id)?;
             }
             tx.delete(key(keys::DOMAIN, &[id.as_str()]));
             tx.emit(event(
@@ -518,6 +557,7 @@ impl Directory {
         let d = DomainId::parse(&req.domain)?;
         let id = SiteId::parse(&req.id)?;
         role(p, &d)?.require_admin("delete sites")?;
+        let hooks = self.hooks();
         self.write(move |tx| {
             tx.domain(&d)?;
             let s = tx.site(&d, &id)?;
@@ -531,6 +571,9 @@ impl Directory {
                         u.id
                     )));
                 }
+            }
+            for h in &hooks {
+                h.site_deleted(tx, &d, &id)?;
             }
             tx.delete(key(keys::SITE, &[d.as_str(), id.as_str()]));
             tx.emit(event(

@@ -155,12 +155,10 @@ impl Store {
     }
 
     /// Runs `f` as one atomic, durable write transaction. Returns its
-    /// result and the change events it emitted, stamped with the commit's
-    /// sequence number (no events when `f` wrote nothing).
-    pub fn write<T>(
-        &self,
-        f: impl FnOnce(&mut Tx<'_>) -> ApiResult<T>,
-    ) -> ApiResult<(T, Vec<v1::DirectoryEvent>)> {
+    /// result and its outbox: the change events it emitted, stamped with
+    /// the commit's sequence number, and other messages to publish (both
+    /// empty when `f` wrote nothing).
+    pub fn write<T>(&self, f: impl FnOnce(&mut Tx<'_>) -> ApiResult<T>) -> ApiResult<(T, Outbox)> {
         let guard = match self.write_lock.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -169,11 +167,13 @@ impl Store {
             store: self,
             pending: BTreeMap::new(),
             events: Vec::new(),
+            messages: Vec::new(),
         };
         let out = f(&mut tx)?;
         if tx.pending.is_empty() {
-            return Ok((out, Vec::new()));
+            return Ok((out, Outbox::default()));
         }
+        let messages = std::mem::take(&mut tx.messages);
         let seq = self.sequence()? + 1;
         let mut events = std::mem::take(&mut tx.events);
         for ev in &mut events {
@@ -194,7 +194,7 @@ impl Store {
         if self.sync {
             self.db.flush().map_err(storage)?;
         }
-        Ok((out, events))
+        Ok((out, Outbox { events, messages }))
     }
 }
 
@@ -206,17 +206,32 @@ fn u64_from(v: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
+/// What a committed transaction publishes.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Directory change events, for `presence.v1.dir.<domain>`.
+    pub events: Vec<v1::DirectoryEvent>,
+    /// Other messages: (subject, encoded payload).
+    pub messages: Vec<(String, Vec<u8>)>,
+}
+
 /// A write transaction: reads see its own pending writes.
 pub struct Tx<'a> {
     store: &'a Store,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     events: Vec<v1::DirectoryEvent>,
+    messages: Vec<(String, Vec<u8>)>,
 }
 
 impl Tx<'_> {
     /// Records a change event, published after the commit.
     pub fn emit(&mut self, ev: v1::DirectoryEvent) {
         self.events.push(ev);
+    }
+
+    /// Queues a message, published on `subject` after the commit.
+    pub fn publish(&mut self, subject: String, payload: Vec<u8>) {
+        self.messages.push((subject, payload));
     }
 
     /// Reads a raw value, pending writes first.
@@ -287,18 +302,18 @@ mod tests {
         let store = Store::open(dir.path())?;
         let k1 = keys::key(keys::META, &["a"]);
         let k2 = keys::key(keys::META, &["b"]);
-        let (_, events) = store.write(|tx| {
+        let (_, outbox) = store.write(|tx| {
             tx.put_raw(k1.clone(), b"1".to_vec());
             assert_eq!(tx.get_raw(&k1)?, Some(b"1".to_vec()));
             tx.put_raw(k2.clone(), b"2".to_vec());
             tx.emit(v1::DirectoryEvent::default());
             Ok(())
         })?;
-        assert_eq!(events.len(), 1);
-        assert_eq!(events[0].sequence, 1);
+        assert_eq!(outbox.events.len(), 1);
+        assert_eq!(outbox.events[0].sequence, 1);
         assert_eq!(store.sequence()?, 1);
         // A failing transaction leaves nothing behind.
-        let r: ApiResult<((), Vec<v1::DirectoryEvent>)> = store.write(|tx| {
+        let r: ApiResult<((), Outbox)> = store.write(|tx| {
             tx.delete(k1.clone());
             Err(ApiError::invalid("boom"))
         });

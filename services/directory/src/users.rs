@@ -124,6 +124,7 @@ impl Directory {
             }
             None => String::new(),
         };
+        let hooks = self.hooks();
         self.write(move |tx| {
             tx.domain(&d)?;
             if let Some(s) = &site {
@@ -173,6 +174,9 @@ impl Directory {
                 tx.put(key(keys::QUEUE, &[d.as_str(), id.as_str()]), &q);
             }
             index(tx, &d, &u);
+            for h in &hooks {
+                h.access_changed(tx, &d, std::slice::from_ref(&u.id), "user created")?;
+            }
             tx.emit(event(&d, Ek::User, Ck::Created, id.as_str(), 1, vec![]));
             Ok(u)
         })
@@ -262,10 +266,17 @@ impl Directory {
                     }
                 }
             } else {
-                for id in candidates(s, &d, &query[0])?
-                    .into_iter()
-                    .filter(|id| *id > req.page_token)
-                {
+                // Intersect the index hits of every query word before
+                // loading any record.
+                let mut ids = candidates(s, &d, &query[0])?;
+                for w in &query[1..] {
+                    if ids.is_empty() {
+                        break;
+                    }
+                    let more = candidates(s, &d, w)?;
+                    ids.retain(|id| more.contains(id));
+                }
+                for id in ids.into_iter().filter(|id| *id > req.page_token) {
                     let Ok(uid) = UserId::parse(&id) else {
                         continue;
                     };
@@ -329,6 +340,7 @@ impl Directory {
             }
             None => None,
         };
+        let hooks = self.hooks();
         self.write(move |tx| {
             tx.domain(&d)?;
             let mut u = tx.user(&d, &id)?;
@@ -399,6 +411,11 @@ impl Directory {
             u.version += 1;
             u.updated_at_ms = now_ms();
             tx.put(key(keys::USER, &[d.as_str(), id.as_str()]), &u);
+            if facts.iter().any(|f| f.starts_with("scope:") || f.starts_with("site:")) {
+                for h in &hooks {
+                    h.access_changed(tx, &d, std::slice::from_ref(&u.id), "user scope or site changed")?;
+                }
+            }
             tx.emit(event(&d, Ek::User, Ck::Updated, id.as_str(), u.version, facts));
             Ok(u)
         })
@@ -416,6 +433,7 @@ impl Directory {
         let d = DomainId::parse(&req.domain)?;
         let id = UserId::parse(&req.id)?;
         let r = role(p, &d)?;
+        let hooks = self.hooks();
         self.write(move |tx| {
             tx.domain(&d)?;
             let u = tx.user(&d, &id)?;
@@ -487,6 +505,9 @@ impl Directory {
                         vec![format!("removed:{us}")],
                     ));
                 }
+            }
+            for h in &hooks {
+                h.user_deleted(tx, &d, &id)?;
             }
             tx.delete(key(keys::OPTIONS, &[ds, us]));
             tx.delete(key(keys::CREDENTIALS, &[ds, us]));

@@ -13,8 +13,10 @@ use presence_directory::store::keys;
 use presence_directory::{
     AuthGrpc, Directory, DirectoryConfig, DirectoryGrpc, Store, StoreValidator,
 };
+use presence_policy::{Policy, PolicyConfig, PolicyGrpc};
 use presence_proto::v1::auth_service_server::AuthServiceServer;
 use presence_proto::v1::directory_service_server::DirectoryServiceServer;
+use presence_proto::v1::policy_service_server::PolicyServiceServer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,13 +31,18 @@ pub const BOOTSTRAP_TOKEN_FILE: &str = "bootstrap-admin.token";
 const BOOTSTRAP_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// gRPC service names served, for health.
-const SERVICES: &[&str] = &["presence.v1.DirectoryService", "presence.v1.AuthService"];
+const SERVICES: &[(&str, &str)] = &[
+    ("presence.v1.DirectoryService", "directory"),
+    ("presence.v1.AuthService", "directory"),
+    ("presence.v1.PolicyService", "policy"),
+];
 
 /// A built server, ready to run on a listener.
 pub struct Server {
     cfg: Config,
     bus: SharedBus,
     directory: Directory,
+    policy: Policy,
     interceptor: AuthInterceptor,
     bootstrap_token: Option<PathBuf>,
 }
@@ -126,11 +133,14 @@ impl Server {
         };
         let directory = Directory::new(store.clone(), bus.clone(), signer.clone(), dcfg)
             .map_err(|e| anyhow::anyhow!("directory: {e}"))?;
+        // The policy keeps its records in the directory store: its
+        // cascades must run whatever roles this process serves.
+        let policy = Policy::new(directory.clone(), PolicyConfig::default());
         let interceptor =
             AuthInterceptor::required(signer.clone(), Arc::new(StoreValidator::new(store.clone())));
         let bootstrap_token = bootstrap(&cfg, &store, &signer)?;
         for r in &cfg.roles {
-            if r != "directory" {
+            if r == "fanout" {
                 tracing::warn!(role = %r, "role accepted but it serves nothing yet in this version");
             }
         }
@@ -138,6 +148,7 @@ impl Server {
             cfg,
             bus,
             directory,
+            policy,
             interceptor,
             bootstrap_token,
         })
@@ -165,8 +176,9 @@ impl Server {
         let addr = listener.local_addr()?;
         let (reporter, health) = tonic_health::server::health_reporter();
         let serving = self.cfg.has_role("directory");
-        for s in SERVICES {
-            let status = if serving {
+        let policy_role = self.cfg.has_role("policy");
+        for (s, role) in SERVICES {
+            let status = if self.cfg.has_role(role) {
                 ServingStatus::Serving
             } else {
                 ServingStatus::NotServing
@@ -200,6 +212,12 @@ impl Server {
         router = router.add_optional_service(serving.then(|| {
             AuthServiceServer::with_interceptor(AuthGrpc(self.directory.clone()), auth_interceptor)
         }));
+        router = router.add_optional_service(policy_role.then(|| {
+            PolicyServiceServer::with_interceptor(
+                PolicyGrpc(self.policy.clone()),
+                self.interceptor.clone(),
+            )
+        }));
         if !self.cfg.ready_file.is_empty() {
             // Written then renamed, so a reader never sees half an address.
             let tmp = format!("{}.tmp", self.cfg.ready_file);
@@ -216,7 +234,7 @@ impl Server {
             async move {
                 stop.cancelled().await;
                 tracing::info!("shutting down: not serving, draining");
-                for s in SERVICES.iter().copied().chain([""]) {
+                for s in SERVICES.iter().map(|(s, _)| *s).chain([""]) {
                     reporter2
                         .set_service_status(s, ServingStatus::NotServing)
                         .await;

@@ -1,0 +1,215 @@
+//! The ACL view: cached access decisions for fanout nodes.
+//!
+//! Decisions are cached in a bounded moka cache keyed by (domain, policy
+//! epoch, watcher, target, question). The epoch of a domain is bumped by
+//! every change that can widen or narrow access, inside the same commit,
+//! and announced on `presence.v1.acl.<domain>`. The view applies those
+//! events to its local epochs; a lookup uses the local epoch, so once an
+//! event is applied, every entry cached before it is unreachable and the
+//! next lookup evaluates afresh. Evaluations are keyed by the epoch read
+//! *before* they ran, so an evaluation racing with a change can never be
+//! cached under the newer epoch. Hence: after a change event is applied,
+//! no cached answer is more permissive than a fresh evaluation.
+
+use crate::records;
+use crate::service::{Question, evaluate};
+use futures_util::StreamExt;
+use presence_bus::{BusSubscription, SharedBus, subjects};
+use presence_core::{ApiResult, DomainId, UserId};
+use presence_directory::Store;
+use presence_proto::v1;
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+type Key = (Arc<str>, u64, Arc<str>, Arc<str>, bool);
+
+/// A cached decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Cached {
+    allowed: bool,
+    rule: i32,
+    caller_id_visible: bool,
+}
+
+/// Cached access decisions kept correct by ACL events.
+#[derive(Clone)]
+pub struct AclView {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    cache: moka::sync::Cache<Key, Cached>,
+    epochs: RwLock<HashMap<String, u64>>,
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
+impl AclView {
+    /// Returns a view evaluating against `store`, caching at most
+    /// `capacity` decisions.
+    pub fn new(store: Arc<Store>, capacity: u64) -> Self {
+        let (applied, _) = tokio::sync::watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                cache: moka::sync::Cache::builder().max_capacity(capacity).build(),
+                epochs: RwLock::new(HashMap::new()),
+                applied,
+            }),
+        }
+    }
+
+    /// Returns the local epoch of a domain, loading it from the store the
+    /// first time.
+    pub fn epoch(&self, d: &DomainId) -> ApiResult<u64> {
+        if let Some(e) = self.read_epochs().get(d.as_str()) {
+            return Ok(*e);
+        }
+        let stored = records::domain_policy(self.inner.store.as_ref(), d)?.epoch;
+        let mut map = match self.inner.epochs.write() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let e = map.entry(d.to_string()).or_insert(stored);
+        *e = (*e).max(stored);
+        Ok(*e)
+    }
+
+    fn read_epochs(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, u64>> {
+        match self.inner.epochs.read() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Applies an ACL event: the domain's epoch moves up to the event's.
+    pub fn apply(&self, ev: &v1::AclEvent) {
+        {
+            let mut map = match self.inner.epochs.write() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let e = map.entry(ev.domain.clone()).or_insert(0);
+            *e = (*e).max(ev.epoch);
+        }
+        metrics::counter!("presence_acl_events_total").increment(1);
+        self.inner.applied.send_modify(|n| *n += 1);
+    }
+
+    /// Answers `q` for one watcher and many targets, from the cache where
+    /// possible. Unknown targets are denied with rule `OTHER_DOMAIN`; an
+    /// unknown watcher is `NotFound`. Runs sled reads on misses: call it
+    /// from a blocking context when misses are expected to be many.
+    pub fn check(
+        &self,
+        d: &DomainId,
+        watcher: &UserId,
+        targets: &[String],
+        q: Question,
+    ) -> ApiResult<Vec<v1::Decision>> {
+        let epoch = self.epoch(d)?;
+        let dk: Arc<str> = Arc::from(d.as_str());
+        let wk: Arc<str> = Arc::from(watcher.as_str());
+        let see = q == Question::See;
+        let mut out: Vec<Option<v1::Decision>> = vec![None; targets.len()];
+        let mut misses: Vec<usize> = Vec::new();
+        for (i, t) in targets.iter().enumerate() {
+            let key = (dk.clone(), epoch, wk.clone(), Arc::from(t.as_str()), see);
+            match self.inner.cache.get(&key) {
+                Some(c) => {
+                    out[i] = Some(v1::Decision {
+                        target: t.clone(),
+                        allowed: c.allowed,
+                        rule: c.rule,
+                        caller_id_visible: c.caller_id_visible,
+                    })
+                }
+                None => misses.push(i),
+            }
+        }
+        metrics::counter!("presence_acl_cache_hits_total")
+            .increment((targets.len() - misses.len()) as u64);
+        if !misses.is_empty() {
+            metrics::counter!("presence_acl_cache_misses_total").increment(misses.len() as u64);
+            let wanted: Vec<String> = misses.iter().map(|i| targets[*i].clone()).collect();
+            let (_, fresh) = evaluate(&self.inner.store, d, watcher, &wanted, q)?;
+            for (i, dec) in misses.into_iter().zip(fresh) {
+                let key = (
+                    dk.clone(),
+                    epoch,
+                    wk.clone(),
+                    Arc::from(dec.target.as_str()),
+                    see,
+                );
+                self.inner.cache.insert(
+                    key,
+                    Cached {
+                        allowed: dec.allowed,
+                        rule: dec.rule,
+                        caller_id_visible: dec.caller_id_visible,
+                    },
+                );
+                out[i] = Some(dec);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Returns the number of cached decisions (approximate).
+    pub fn cached_entries(&self) -> u64 {
+        self.inner.cache.run_pending_tasks();
+        self.inner.cache.entry_count()
+    }
+
+    /// Waits until the view has applied an event bringing domain `d` to
+    /// at least `epoch`, or the timeout passes. Returns whether it did.
+    pub async fn wait_for_epoch(&self, d: &DomainId, epoch: u64, timeout: Duration) -> bool {
+        let mut rx = self.inner.applied.subscribe();
+        let wait = async {
+            loop {
+                if self
+                    .read_epochs()
+                    .get(d.as_str())
+                    .is_some_and(|e| *e >= epoch)
+                {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    return;
+                }
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+            && self
+                .read_epochs()
+                .get(d.as_str())
+                .is_some_and(|e| *e >= epoch)
+    }
+
+    /// Subscribes to the ACL events of every domain; pass the result to
+    /// [`AclView::run`]. Subscribing first means no event published after
+    /// this returns can be missed.
+    pub async fn subscribe(bus: &SharedBus) -> ApiResult<BusSubscription> {
+        Ok(bus.subscribe(subjects::acl_all()).await?)
+    }
+
+    /// Applies ACL events from `sub` until `shutdown` or the end of the
+    /// subscription.
+    pub async fn run(self, mut sub: BusSubscription, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m {
+                    None => return,
+                    Some(m) => match v1::AclEvent::decode(m.payload) {
+                        Ok(ev) => self.apply(&ev),
+                        Err(e) => tracing::warn!(error = %e, subject = %m.subject, "malformed acl event"),
+                    },
+                },
+            }
+        }
+    }
+}
