@@ -146,6 +146,11 @@ impl Directory {
         &self.inner.bus
     }
 
+    /// Returns a handle to the bus the directory publishes on.
+    pub fn bus_handle(&self) -> SharedBus {
+        self.inner.bus.clone()
+    }
+
     /// Returns the hash verified for unknown users at login.
     pub(crate) fn dummy_hash(&self) -> &str {
         &self.inner.dummy_hash
