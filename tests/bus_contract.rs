@@ -103,6 +103,46 @@ async fn contract(bus: SharedBus) {
         );
     }
 
+    // Request/reply: a responder answers on the reply subject; a request
+    // nobody listens to fails fast with Unavailable.
+    let mut responder = bus
+        .queue_subscribe("t.echo".into(), "echo".into())
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    let echo = {
+        let bus = bus.clone();
+        tokio::spawn(async move {
+            let m = next(&mut responder).await;
+            let mut out = b"re:".to_vec();
+            out.extend_from_slice(&m.payload);
+            bus.publish(m.reply.unwrap(), Bytes::from(out))
+                .await
+                .unwrap();
+        })
+    };
+    let answer = bus
+        .request(
+            "t.echo".into(),
+            Bytes::from_static(b"ping"),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(answer.as_ref(), b"re:ping");
+    echo.await.unwrap();
+    let r = bus
+        .request(
+            "t.nobody".into(),
+            Bytes::from_static(b"?"),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        matches!(r, Err(presence_bus::BusError::Unavailable(_))),
+        "{r:?}"
+    );
+
     // Dropping a subscription unsubscribes; publishing still works.
     drop(exact);
     publish(&bus, "t.exact", "after drop").await;

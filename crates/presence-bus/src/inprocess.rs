@@ -43,8 +43,13 @@ impl InProcessBus {
         }
     }
 
-    fn deliver(&self, subject: String, payload: Bytes) {
-        let msg = BusMessage { subject, payload };
+    fn deliver(&self, subject: String, payload: Bytes, reply: Option<String>) -> usize {
+        let msg = BusMessage {
+            subject,
+            payload,
+            reply,
+        };
+        let mut delivered = 0usize;
         let mut dropped = 0u64;
         let mut subs = match self.inner.subs.lock() {
             Ok(g) => g,
@@ -60,6 +65,8 @@ impl InProcessBus {
                 None => {
                     if sub.tx.try_send(msg.clone()).is_err() {
                         dropped += 1;
+                    } else {
+                        delivered += 1;
                     }
                 }
                 Some(g) => {
@@ -80,6 +87,8 @@ impl InProcessBus {
                     let pick = members[n % members.len()];
                     if subs[pick].tx.try_send(msg.clone()).is_err() {
                         dropped += 1;
+                    } else {
+                        delivered += 1;
                     }
                 }
             }
@@ -89,6 +98,7 @@ impl InProcessBus {
             metrics::counter!("presence_bus_dropped_total", "bus" => "inprocess")
                 .increment(dropped);
         }
+        delivered
     }
 
     fn add(&self, pattern: String, group: Option<String>) -> Result<BusSubscription, BusError> {
@@ -120,8 +130,33 @@ impl Bus for InProcessBus {
             if !valid_subject(&subject) {
                 return Err(BusError::InvalidSubject(subject));
             }
-            self.deliver(subject, payload);
+            self.deliver(subject, payload, None);
             Ok(())
+        })
+    }
+
+    fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> BusFuture<'_, Bytes> {
+        Box::pin(async move {
+            if !valid_subject(&subject) {
+                return Err(BusError::InvalidSubject(subject));
+            }
+            let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
+            let inbox = format!("_INBOX.inprocess.{n}");
+            let mut replies = self.add(inbox.clone(), None)?;
+            if self.deliver(subject.clone(), payload, Some(inbox)) == 0 {
+                return Err(BusError::Unavailable(format!("no responders on {subject}")));
+            }
+            match tokio::time::timeout(timeout, futures_util::StreamExt::next(&mut replies)).await {
+                Ok(Some(m)) => Ok(m.payload),
+                _ => Err(BusError::Unavailable(format!(
+                    "no reply on {subject} within {timeout:?}"
+                ))),
+            }
         })
     }
 

@@ -59,6 +59,8 @@ pub struct BusMessage {
     pub subject: String,
     /// The payload, usually an encoded protobuf message.
     pub payload: Bytes,
+    /// Where to send a reply, for requests.
+    pub reply: Option<String>,
 }
 
 /// A boxed future returned by [`Bus`] methods.
@@ -80,6 +82,15 @@ pub trait Bus: Send + Sync + 'static {
     /// Subscribes as a member of queue group `group`: each message goes
     /// to one member of the group.
     fn queue_subscribe(&self, pattern: String, group: String) -> BusFuture<'_, BusSubscription>;
+
+    /// Sends a request and waits for the first reply, at most `timeout`.
+    /// `Unavailable` when nobody answers in time (or nobody listens).
+    fn request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        timeout: std::time::Duration,
+    ) -> BusFuture<'_, Bytes>;
 
     /// Waits until everything published so far has left this process.
     fn flush(&self) -> BusFuture<'_, ()>;

@@ -55,6 +55,7 @@ fn map_sub(sub: async_nats::Subscriber) -> BusSubscription {
     Box::pin(sub.map(|m| BusMessage {
         subject: m.subject.to_string(),
         payload: m.payload,
+        reply: m.reply.map(|r| r.to_string()),
     }))
 }
 
@@ -98,6 +99,22 @@ impl Bus for NatsBus {
                 .await
                 .map_err(|e| BusError::Unavailable(e.to_string()))?;
             Ok(map_sub(sub))
+        })
+    }
+
+    fn request(&self, subj: String, payload: Bytes, timeout: Duration) -> BusFuture<'_, Bytes> {
+        Box::pin(async move {
+            if !crate::pattern::valid_subject(&subj) {
+                return Err(BusError::InvalidSubject(subj));
+            }
+            let req = self.client.request(subject(subj.clone())?, payload);
+            match tokio::time::timeout(timeout, req).await {
+                Ok(Ok(m)) => Ok(m.payload),
+                Ok(Err(e)) => Err(BusError::Unavailable(format!("request on {subj}: {e}"))),
+                Err(_) => Err(BusError::Unavailable(format!(
+                    "no reply on {subj} within {timeout:?}"
+                ))),
+            }
         })
     }
 

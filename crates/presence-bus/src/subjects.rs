@@ -45,6 +45,18 @@ pub fn directory_all() -> String {
     format!("{PREFIX}.dir.*")
 }
 
+/// Policy checks answered by policy nodes (request/reply, queue group
+/// `policy`): `presence.v1.policy.<see|pickup>.<domain>`.
+pub fn policy_check(domain: &DomainId, pickup: bool) -> String {
+    let q = if pickup { "pickup" } else { "see" };
+    format!("{PREFIX}.policy.{q}.{domain}")
+}
+
+/// Pattern matching every policy check: `presence.v1.policy.*.*`.
+pub fn policy_check_all() -> String {
+    format!("{PREFIX}.policy.*.*")
+}
+
 /// Mail requests (welcome mails) of a domain: `presence.v1.mail.<domain>`.
 pub fn mail(domain: &DomainId) -> String {
     format!("{PREFIX}.mail.{domain}")

@@ -59,9 +59,89 @@ impl ApiError {
         Self::PermissionDenied(msg.into())
     }
 
+    /// Returns the gRPC code name of the error, e.g. `NOT_FOUND` (used to
+    /// carry errors over the bus).
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Self::InvalidArgument(_) => "INVALID_ARGUMENT",
+            Self::NotFound(_) => "NOT_FOUND",
+            Self::AlreadyExists(_) => "ALREADY_EXISTS",
+            Self::Aborted(_) => "ABORTED",
+            Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
+            Self::PermissionDenied(_) => "PERMISSION_DENIED",
+            Self::Unauthenticated(_) => "UNAUTHENTICATED",
+            Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Self::Unavailable(_) => "UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// Returns the error of a code name and message (inverse of
+    /// [`ApiError::code_name`]; unknown names are internal errors).
+    pub fn from_code_name(code: &str, msg: String) -> Self {
+        match code {
+            "INVALID_ARGUMENT" => Self::InvalidArgument(msg),
+            "NOT_FOUND" => Self::NotFound(msg),
+            "ALREADY_EXISTS" => Self::AlreadyExists(msg),
+            "ABORTED" => Self::Aborted(msg),
+            "FAILED_PRECONDITION" => Self::FailedPrecondition(msg),
+            "PERMISSION_DENIED" => Self::PermissionDenied(msg),
+            "UNAUTHENTICATED" => Self::Unauthenticated(msg),
+            "RESOURCE_EXHAUSTED" => Self::ResourceExhausted(msg),
+            "UNAVAILABLE" => Self::Unavailable(msg),
+            _ => Self::Internal(msg),
+        }
+    }
+
+    /// Returns the message.
+    pub fn message(&self) -> &str {
+        match self {
+            Self::InvalidArgument(m)
+            | Self::NotFound(m)
+            | Self::AlreadyExists(m)
+            | Self::Aborted(m)
+            | Self::FailedPrecondition(m)
+            | Self::PermissionDenied(m)
+            | Self::Unauthenticated(m)
+            | Self::ResourceExhausted(m)
+            | Self::Unavailable(m)
+            | Self::Internal(m) => m,
+        }
+    }
+
     /// Returns the `NotFound` error used both for an unknown domain and
     /// for a domain the caller may not see.
     pub fn domain_not_found(domain: &str) -> Self {
         Self::NotFound(format!("domain {domain} not found"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_code_names_round_trip() {
+        for e in [
+            ApiError::InvalidArgument("a".into()),
+            ApiError::NotFound("b".into()),
+            ApiError::AlreadyExists("c".into()),
+            ApiError::Aborted("d".into()),
+            ApiError::FailedPrecondition("e".into()),
+            ApiError::PermissionDenied("f".into()),
+            ApiError::Unauthenticated("g".into()),
+            ApiError::ResourceExhausted("h".into()),
+            ApiError::Unavailable("i".into()),
+            ApiError::Internal("j".into()),
+        ] {
+            assert_eq!(
+                ApiError::from_code_name(e.code_name(), e.message().to_owned()),
+                e
+            );
+        }
+        assert_eq!(
+            ApiError::from_code_name("BOGUS", "x".into()),
+            ApiError::Internal("x".into())
+        );
     }
 }

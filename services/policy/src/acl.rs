@@ -1,5 +1,8 @@
 //! The ACL view: cached access decisions for fanout nodes.
 //!
+//! Decisions come from the local directory store ([`AclView::new`]) or
+//! from policy nodes over the bus ([`AclView::remote`]).
+//!
 //! Decisions are cached in a bounded moka cache keyed by (domain, policy
 //! epoch, watcher, target, question). The epoch of a domain is bumped by
 //! every change that can widen or narrow access, inside the same commit,
@@ -11,7 +14,6 @@
 //! cached under the newer epoch. Hence: after a change event is applied,
 //! no cached answer is more permissive than a fresh evaluation.
 
-use crate::records;
 use crate::service::{Question, evaluate};
 use futures_util::StreamExt;
 use presence_bus::{BusSubscription, SharedBus, subjects};
@@ -40,8 +42,16 @@ pub struct AclView {
     inner: Arc<Inner>,
 }
 
+/// Where decisions come from on a cache miss.
+enum Source {
+    /// The directory store of this process.
+    Local(Arc<Store>),
+    /// Policy nodes over the bus (request/reply).
+    Remote { bus: SharedBus, timeout: Duration },
+}
+
 struct Inner {
-    store: Arc<Store>,
+    source: Source,
     cache: moka::sync::Cache<Key, Cached>,
     epochs: RwLock<HashMap<String, u64>>,
     applied: tokio::sync::watch::Sender<u64>,
@@ -51,10 +61,20 @@ impl AclView {
     /// Returns a view evaluating against `store`, caching at most
     /// `capacity` decisions.
     pub fn new(store: Arc<Store>, capacity: u64) -> Self {
+        Self::with_source(Source::Local(store), capacity)
+    }
+
+    /// Returns a view that asks policy nodes over `bus` on cache misses
+    /// (for fanout processes without the directory store).
+    pub fn remote(bus: SharedBus, capacity: u64, timeout: Duration) -> Self {
+        Self::with_source(Source::Remote { bus, timeout }, capacity)
+    }
+
+    fn with_source(source: Source, capacity: u64) -> Self {
         let (applied, _) = tokio::sync::watch::channel(0);
         Self {
             inner: Arc::new(Inner {
-                store,
+                source,
                 cache: moka::sync::Cache::builder().max_capacity(capacity).build(),
                 epochs: RwLock::new(HashMap::new()),
                 applied,
@@ -62,20 +82,20 @@ impl AclView {
         }
     }
 
-    /// Returns the local epoch of a domain, loading it from the store the
-    /// first time.
-    pub fn epoch(&self, d: &DomainId) -> ApiResult<u64> {
-        if let Some(e) = self.read_epochs().get(d.as_str()) {
-            return Ok(*e);
-        }
-        let stored = records::domain_policy(self.inner.store.as_ref(), d)?.epoch;
+    /// Returns the local epoch of a domain, if the view knows it.
+    pub fn epoch(&self, d: &DomainId) -> Option<u64> {
+        self.read_epochs().get(d.as_str()).copied()
+    }
+
+    /// Raises the local epoch of a domain to at least `epoch`. Raising
+    /// only makes older entries unreachable, so it is always safe.
+    fn raise(&self, d: &str, epoch: u64) {
         let mut map = match self.inner.epochs.write() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let e = map.entry(d.to_string()).or_insert(stored);
-        *e = (*e).max(stored);
-        Ok(*e)
+        let e = map.entry(d.to_owned()).or_insert(epoch);
+        *e = (*e).max(epoch);
     }
 
     fn read_epochs(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, u64>> {
@@ -87,55 +107,59 @@ impl AclView {
 
     /// Applies an ACL event: the domain's epoch moves up to the event's.
     pub fn apply(&self, ev: &v1::AclEvent) {
-        {
-            let mut map = match self.inner.epochs.write() {
-                Ok(g) => g,
-                Err(p) => p.into_inner(),
-            };
-            let e = map.entry(ev.domain.clone()).or_insert(0);
-            *e = (*e).max(ev.epoch);
-        }
+        self.raise(&ev.domain, ev.epoch);
         metrics::counter!("presence_acl_events_total").increment(1);
         self.inner.applied.send_modify(|n| *n += 1);
     }
 
     /// Answers `q` for one watcher and many targets, from the cache where
     /// possible. Unknown targets are denied with rule `OTHER_DOMAIN`; an
-    /// unknown watcher is `NotFound`. Runs sled reads on misses: call it
-    /// from a blocking context when misses are expected to be many.
-    pub fn check(
+    /// unknown watcher is `NotFound`; with a remote source and no policy
+    /// node answering, `Unavailable`. Decisions are cached under the epoch
+    /// the evaluation read before it ran.
+    pub async fn check(
         &self,
         d: &DomainId,
         watcher: &UserId,
         targets: &[String],
         q: Question,
     ) -> ApiResult<Vec<v1::Decision>> {
-        let epoch = self.epoch(d)?;
         let dk: Arc<str> = Arc::from(d.as_str());
         let wk: Arc<str> = Arc::from(watcher.as_str());
         let see = q == Question::See;
         let mut out: Vec<Option<v1::Decision>> = vec![None; targets.len()];
         let mut misses: Vec<usize> = Vec::new();
-        for (i, t) in targets.iter().enumerate() {
-            let key = (dk.clone(), epoch, wk.clone(), Arc::from(t.as_str()), see);
-            match self.inner.cache.get(&key) {
-                Some(c) => {
-                    out[i] = Some(v1::Decision {
-                        target: t.clone(),
-                        allowed: c.allowed,
-                        rule: c.rule,
-                        caller_id_visible: c.caller_id_visible,
-                    })
+        match self.epoch(d) {
+            Some(epoch) => {
+                for (i, t) in targets.iter().enumerate() {
+                    let key = (dk.clone(), epoch, wk.clone(), Arc::from(t.as_str()), see);
+                    match self.inner.cache.get(&key) {
+                        Some(c) => {
+                            out[i] = Some(v1::Decision {
+                                target: t.clone(),
+                                allowed: c.allowed,
+                                rule: c.rule,
+                                caller_id_visible: c.caller_id_visible,
+                            })
+                        }
+                        None => misses.push(i),
+                    }
                 }
-                None => misses.push(i),
             }
+            None => misses.extend(0..targets.len()),
         }
         metrics::counter!("presence_acl_cache_hits_total")
             .increment((targets.len() - misses.len()) as u64);
         if !misses.is_empty() {
             metrics::counter!("presence_acl_cache_misses_total").increment(misses.len() as u64);
             let wanted: Vec<String> = misses.iter().map(|i| targets[*i].clone()).collect();
-            let (_, fresh) = evaluate(&self.inner.store, d, watcher, &wanted, q)?;
+            let (epoch, fresh) = match &self.inner.source {
+                Source::Local(store) => evaluate(store, d, watcher, &wanted, q)?,
+                Source::Remote { bus, timeout } => {
+                    crate::remote::ask(bus, d, watcher, &wanted, q, *timeout).await?
+                }
+            };
+            self.raise(d.as_str(), epoch);
             for (i, dec) in misses.into_iter().zip(fresh) {
                 let key = (
                     dk.clone(),

@@ -11,12 +11,14 @@
 //! - [`hooks`]: cascades run inside directory transactions (user, site
 //!   and domain deletion; scope, site and queue changes);
 //! - [`acl`]: [`AclView`], the cached decisions fanout nodes use;
+//! - [`remote`]: policy checks over the bus (responder and client);
 //! - [`grpc`]: the tonic adapter.
 
 pub mod acl;
 pub mod grpc;
 pub mod hooks;
 pub mod records;
+pub mod remote;
 pub mod rules;
 pub mod service;
 

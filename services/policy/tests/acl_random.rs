@@ -294,7 +294,7 @@ async fn compare_all(view: &AclView, store: &Store, d: &DomainId, step: &str) {
     for w in USERS {
         let wid = UserId::parse(w).unwrap();
         for q in [Question::See, Question::Pickup] {
-            let cached = view.check(d, &wid, &targets, q).unwrap();
+            let cached = view.check(d, &wid, &targets, q).await.unwrap();
             let (_, fresh) = evaluate(store, d, &wid, &targets, q).unwrap();
             for (c, f) in cached.iter().zip(&fresh) {
                 assert!(

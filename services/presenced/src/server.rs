@@ -226,6 +226,24 @@ impl Server {
                 .with_context(|| format!("write ready file {}", self.cfg.ready_file))?;
         }
         tracing::info!(%addr, bus = self.bus.kind(), roles = %self.cfg.roles.join(","), "serving");
+        // Background work, tied to the shutdown token and awaited below.
+        let tasks = tokio_util::task::TaskTracker::new();
+        if policy_role {
+            let sub = presence_policy::remote::subscribe(&self.bus)
+                .await
+                .map_err(|e| anyhow::anyhow!("policy responder: {e}"))?;
+            let fut = presence_policy::remote::serve_checks(
+                self.policy.store().clone(),
+                self.bus.clone(),
+                sub,
+                shutdown.clone(),
+            );
+            tasks.spawn(tracing::Instrument::instrument(
+                fut,
+                tracing::info_span!("policy_responder"),
+            ));
+        }
+        tasks.close();
         let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
         let stop = shutdown.clone();
         let reporter2 = reporter.clone();
@@ -247,6 +265,10 @@ impl Server {
             _ = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
                 tracing::warn!(grace_secs = grace.as_secs(), "grace period over; dropping remaining connections");
             }
+        }
+        shutdown.cancel();
+        if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+            tracing::warn!("background tasks did not stop within the grace period");
         }
         if let Err(e) = self.bus.flush().await {
             tracing::warn!(error = %e, "bus flush at shutdown failed");

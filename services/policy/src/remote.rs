@@ -1,0 +1,138 @@
+//! Policy checks over the bus, for fanout nodes that do not hold the
+//! directory store: policy nodes answer requests on
+//! `presence.v1.policy.<see|pickup>.<domain>` (queue group `policy`, so
+//! several policy nodes share the load), and [`crate::AclView::remote`]
+//! asks them on cache misses.
+
+use crate::service::{Question, evaluate};
+use futures_util::StreamExt;
+use presence_bus::{BusMessage, SharedBus, subjects};
+use presence_core::{ApiError, ApiResult, DomainId, UserId};
+use presence_directory::Store;
+use presence_proto::v1;
+use prost::Message;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Queue group of the policy responders.
+pub const QUEUE_GROUP: &str = "policy";
+
+/// Most targets in one remote check (as for CheckSee).
+pub const MAX_TARGETS: usize = 5000;
+
+/// Parses `presence.v1.policy.<q>.<domain>`.
+fn parse_subject(s: &str) -> ApiResult<(Question, DomainId)> {
+    let parts: Vec<&str> = s.split('.').collect();
+    match parts.as_slice() {
+        [_, _, "policy", q, d] => {
+            let q = match *q {
+                "see" => Question::See,
+                "pickup" => Question::Pickup,
+                other => return Err(ApiError::invalid(format!("unknown question {other:?}"))),
+            };
+            Ok((q, DomainId::parse(d)?))
+        }
+        _ => Err(ApiError::invalid(format!("not a policy subject: {s}"))),
+    }
+}
+
+fn answer(store: &Store, m: &BusMessage) -> ApiResult<v1::CheckResponse> {
+    let (q, d) = parse_subject(&m.subject)?;
+    let req = v1::CheckRequest::decode(m.payload.clone())
+        .map_err(|e| ApiError::invalid(format!("malformed check: {e}")))?;
+    if req.domain != d.as_str() {
+        return Err(ApiError::invalid("check domain differs from its subject"));
+    }
+    if req.targets.len() > MAX_TARGETS {
+        return Err(ApiError::ResourceExhausted(format!(
+            "{} targets, at most {MAX_TARGETS}",
+            req.targets.len()
+        )));
+    }
+    let w = UserId::parse(&req.watcher)?;
+    for t in &req.targets {
+        UserId::parse(t)?;
+    }
+    let (epoch, decisions) = evaluate(store, &d, &w, &req.targets, q)?;
+    Ok(v1::CheckResponse { decisions, epoch })
+}
+
+/// Subscribes the responder (queue group `policy`); pass the result to
+/// [`serve_checks`].
+pub async fn subscribe(bus: &SharedBus) -> ApiResult<presence_bus::BusSubscription> {
+    Ok(bus
+        .queue_subscribe(subjects::policy_check_all(), QUEUE_GROUP.into())
+        .await?)
+}
+
+/// Answers policy checks from `sub` until `shutdown`. One request at a
+/// time per responder (the subscription's buffer bounds the backlog);
+/// evaluation runs on a blocking thread.
+pub async fn serve_checks(
+    store: Arc<Store>,
+    bus: SharedBus,
+    mut sub: presence_bus::BusSubscription,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let m = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            m = sub.next() => match m {
+                Some(m) => m,
+                None => return,
+            },
+        };
+        let Some(reply_to) = m.reply.clone() else {
+            tracing::debug!(subject = %m.subject, "policy check without reply subject ignored");
+            continue;
+        };
+        let st = store.clone();
+        let result = tokio::task::spawn_blocking(move || answer(&st, &m))
+            .await
+            .unwrap_or_else(|e| Err(ApiError::Internal(format!("check task failed: {e}"))));
+        let reply = match result {
+            Ok(r) => v1::CheckReply {
+                response: Some(r),
+                ..Default::default()
+            },
+            Err(e) => v1::CheckReply {
+                response: None,
+                error_code: e.code_name().into(),
+                error_message: e.message().into(),
+            },
+        };
+        metrics::counter!("presence_policy_remote_checks_total").increment(1);
+        if let Err(e) = bus.publish(reply_to, reply.encode_to_vec().into()).await {
+            tracing::warn!(error = %e, "policy check reply not sent");
+        }
+    }
+}
+
+/// Asks a policy node over the bus.
+pub async fn ask(
+    bus: &SharedBus,
+    d: &DomainId,
+    watcher: &UserId,
+    targets: &[String],
+    q: Question,
+    timeout: std::time::Duration,
+) -> ApiResult<(u64, Vec<v1::Decision>)> {
+    let req = v1::CheckRequest {
+        domain: d.to_string(),
+        watcher: watcher.to_string(),
+        targets: targets.to_vec(),
+    };
+    let subject = subjects::policy_check(d, q == Question::Pickup);
+    let bytes = bus
+        .request(subject, req.encode_to_vec().into(), timeout)
+        .await?;
+    let reply = v1::CheckReply::decode(bytes)
+        .map_err(|e| ApiError::Internal(format!("malformed check reply: {e}")))?;
+    match reply.response {
+        Some(r) if reply.error_code.is_empty() => Ok((r.epoch, r.decisions)),
+        _ => Err(ApiError::from_code_name(
+            &reply.error_code,
+            reply.error_message,
+        )),
+    }
+}
