@@ -18,6 +18,13 @@ const ENUM_FIELDS: &[(&str, &str)] = &[
     ("presence.v1.User.scope", "scope"),
     ("presence.v1.User.kind", "user_kind"),
     ("presence.v1.AnsweringRule.condition", "rule_condition"),
+    ("presence.v1.PresenceSettings.visibility", "visibility"),
+    (
+        "presence.v1.PresenceSettings.caller_id_visibility",
+        "caller_id_visibility",
+    ),
+    ("presence.v1.Decision.rule", "rule"),
+    ("presence.v1.WatcherEntry.rule", "rule"),
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

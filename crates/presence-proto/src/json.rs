@@ -1,7 +1,7 @@
 //! Serde helpers used by the generated types so that JSON output (for
 //! example `presencectl --json`) names enum values instead of numbers.
 
-use crate::v1::{RuleCondition, Scope, UserKind};
+use crate::v1::{CallerIdVisibility, Rule, RuleCondition, Scope, UserKind, Visibility};
 use serde::Serializer;
 
 fn name<S: Serializer>(s: S, name: Option<&str>, raw: i32) -> Result<S::Ok, S::Error> {
@@ -28,4 +28,29 @@ pub fn rule_condition<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
         RuleCondition::try_from(*v).ok().map(|x| x.as_str_name()),
         *v,
     )
+}
+
+/// Serializes a `Visibility` field by its proto name.
+pub fn visibility<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    name(
+        s,
+        Visibility::try_from(*v).ok().map(|x| x.as_str_name()),
+        *v,
+    )
+}
+
+/// Serializes a `CallerIdVisibility` field by its proto name.
+pub fn caller_id_visibility<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    name(
+        s,
+        CallerIdVisibility::try_from(*v)
+            .ok()
+            .map(|x| x.as_str_name()),
+        *v,
+    )
+}
+
+/// Serializes a `Rule` field by its proto name.
+pub fn rule<S: Serializer>(v: &i32, s: S) -> Result<S::Ok, S::Error> {
+    name(s, Rule::try_from(*v).ok().map(|x| x.as_str_name()), *v)
 }

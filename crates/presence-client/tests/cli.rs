@@ -1,0 +1,255 @@
+//! presencectl against a real server on loopback: tables, --json,
+//! one-line errors with a non-zero exit, login and the policy commands.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use presence_presenced::{Config, Server};
+use std::process::Command;
+use tokio_util::sync::CancellationToken;
+
+struct Ctl {
+    url: String,
+    token: String,
+    home: tempfile::TempDir,
+}
+
+impl Ctl {
+    fn run(&self, args: &[&str]) -> (bool, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_presencectl"))
+            .env("PRESENCE_URL", &self.url)
+            .env("PRESENCE_TOKEN", &self.token)
+            .env("HOME", self.home.path())
+            .env_remove("PRESENCE_TOKEN_FILE")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    #[track_caller]
+    fn ok(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(args);
+        assert!(ok, "{args:?} failed: {err}");
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_presencectl_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: tmp.path().to_path_buf(),
+        metrics_listen: String::new(),
+        ..Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = Server::build(cfg).await.unwrap();
+    let token = std::fs::read_to_string(tmp.path().join("bootstrap-admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(server.run(listener, shutdown.clone()));
+    let ctl = Ctl {
+        url,
+        token,
+        home: tempfile::tempdir().unwrap(),
+    };
+
+    tokio::task::spawn_blocking(move || {
+        let who = ctl.ok(&["whoami"]);
+        assert!(who.contains("bootstrap-admin"), "{who}");
+        ctl.ok(&["domains", "create", "acme", "--name", "Acme Corp"]);
+        ctl.ok(&["sites", "create", "-d", "acme", "hq"]);
+        ctl.ok(&[
+            "users",
+            "create",
+            "-d",
+            "acme",
+            "1001",
+            "--first-name",
+            "Jack",
+            "--last-name",
+            "Manning",
+            "--scope",
+            "office-manager",
+            "--site",
+            "hq",
+            "--password",
+            "a long passphrase",
+        ]);
+        ctl.ok(&[
+            "users",
+            "create",
+            "-d",
+            "acme",
+            "1002",
+            "--first-name",
+            "Rita",
+            "--scope",
+            "basic-user",
+            "--site",
+            "hq",
+        ]);
+        ctl.ok(&[
+            "users",
+            "create",
+            "-d",
+            "acme",
+            "8000",
+            "--kind",
+            "call-queue",
+            "--first-name",
+            "Sales",
+        ]);
+        let list = ctl.ok(&["users", "list", "-d", "acme"]);
+        assert!(list.starts_with("ID"), "table header: {list}");
+        assert!(
+            list.contains("Jack Manning") && !list.contains("8000"),
+            "{list}"
+        );
+        let all = ctl.ok(&[
+            "users",
+            "list",
+            "-d",
+            "acme",
+            "--show-system",
+            "--search",
+            "sal",
+        ]);
+        assert!(all.contains("8000") && !all.contains("1001"), "{all}");
+        let json = ctl.ok(&["--json", "users", "get", "-d", "acme", "1001"]);
+        assert!(
+            json.contains("\"scope\": \"SCOPE_OFFICE_MANAGER\""),
+            "{json}"
+        );
+
+        // One-line errors, non-zero exit.
+        let (ok, _, err) = ctl.run(&["users", "get", "-d", "acme", "9999"]);
+        assert!(!ok);
+        assert_eq!(
+            err.trim(),
+            "error: not_found: user 9999 not found in domain acme"
+        );
+        let (ok, _, err) = ctl.run(&["phones", "add", "-d", "acme", "--user", "1001", "zz:zz"]);
+        assert!(
+            !ok && err.starts_with("error: invalid_argument: invalid mac"),
+            "{err}"
+        );
+
+        // Phones, options, queues.
+        ctl.ok(&[
+            "phones",
+            "add",
+            "-d",
+            "acme",
+            "--user",
+            "1002",
+            "00:04:F2:AA:BB:CC",
+            "--key",
+            "1:line:1002",
+            "--key",
+            "2:blf:1001:Jack",
+        ]);
+        assert!(
+            ctl.ok(&["phones", "list", "-d", "acme"])
+                .contains("0004f2aabbcc")
+        );
+        let rules = ctl.ok(&[
+            "options",
+            "rules",
+            "-d",
+            "acme",
+            "1002",
+            "--rule",
+            "busy:voicemail",
+            "--rule",
+            "no-answer:user=1001:25",
+        ]);
+        assert!(rules.contains("no_answer -> user 1001 (25s)"), "{rules}");
+
+        // Presence permissions.
+        ctl.ok(&[
+            "policy",
+            "settings",
+            "-d",
+            "acme",
+            "1002",
+            "--visibility",
+            "permitted-users",
+        ]);
+        let g = ctl.ok(&[
+            "policy",
+            "grants",
+            "-d",
+            "acme",
+            "1002",
+            "--see",
+            "site:hq",
+            "--pickup",
+            "user:1001",
+        ]);
+        assert!(g.contains("site:hq") && g.contains("user:1001"), "{g}");
+        let check = ctl.ok(&["policy", "check", "-d", "acme", "1001", "1002", "8000"]);
+        assert!(
+            check
+                .lines()
+                .any(|l| l.starts_with("1002") && l.contains("yes")),
+            "{check}"
+        );
+        let why = ctl.ok(&["policy", "explain", "-d", "acme", "8000", "1002"]);
+        assert!(
+            why.contains("denied") && why.contains("has granted nothing to 8000"),
+            "{why}"
+        );
+        let why = ctl.ok(&["policy", "explain", "-d", "acme", "1001", "1002"]);
+        assert!(
+            why.contains("allowed") && why.contains("office-manager"),
+            "{why}"
+        );
+        let watchers = ctl.ok(&["policy", "watchers", "-d", "acme", "1002"]);
+        assert!(watchers.contains("1001"), "{watchers}");
+
+        // Login saves a token in ~/.config/presence/token.
+        let out = Command::new(env!("CARGO_BIN_EXE_presencectl"))
+            .env("PRESENCE_URL", &ctl.url)
+            .env("HOME", ctl.home.path())
+            .env_remove("PRESENCE_TOKEN")
+            .args([
+                "login",
+                "--domain",
+                "acme",
+                "--user",
+                "1001",
+                "--password",
+                "a long passphrase",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let saved = ctl.home.path().join(".config/presence/token");
+        assert!(saved.exists());
+        let out = Command::new(env!("CARGO_BIN_EXE_presencectl"))
+            .env("PRESENCE_URL", &ctl.url)
+            .env("HOME", ctl.home.path())
+            .env_remove("PRESENCE_TOKEN")
+            .args(["whoami"])
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("acme/1001"));
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+}
