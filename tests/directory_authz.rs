@@ -14,120 +14,37 @@ const PRINCIPALS: &[&str] = &[
     "admin", "om", "sm", "sup", "agent", "basic", "reader", "outsider", "other", "none", "phone",
 ];
 
+#[rustfmt::skip]
 const MATRIX: &[(&str, &str)] = &[
     //                      admin om  sm  sup agent basic reader outsider other none phone
-    (
-        "get_domain",
-        "ok   ok  ok  ok  ok    ok    ok     PD       NF    UA   PD",
-    ),
-    (
-        "update_domain",
-        "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "create_site",
-        "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "list_sites",
-        "ok   ok  ok  ok  ok    ok    ok     PD       NF    UA   PD",
-    ),
-    (
-        "create_basic_hq",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "create_manager_hq",
-        "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "create_basic_branch",
-        "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "get_user_basic",
-        "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   ok",
-    ),
-    (
-        "get_user_branch",
-        "ok   ok  PD  PD  PD    PD    ok     PD       NF    UA   PD",
-    ),
-    (
-        "list_users",
-        "ok   ok  ok  ok  ok    ok    ok     PD       NF    UA   PD",
-    ),
-    (
-        "edit_profile_basic",
-        "ok   ok  ok  PD  PD    ok    PD     PD       NF    UA   PD",
-    ),
-    (
-        "change_scope",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "self_scope_change",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "delete_user",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "get_options_basic",
-        "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   PD",
-    ),
-    (
-        "set_rules_basic",
-        "ok   ok  ok  PD  PD    ok    PD     PD       NF    UA   PD",
-    ),
-    (
-        "reset_user",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "send_welcome",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "force_reset",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "add_phone",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "list_phones_basic",
-        "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   ok",
-    ),
-    (
-        "get_queue",
-        "ok   ok  ok  ok  ok    PD    ok     PD       NF    UA   PD",
-    ),
-    (
-        "set_queue_members",
-        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "agent_login",
-        "ok   ok  ok  ok  ok    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "create_domain",
-        "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD",
-    ),
-    (
-        "delete_domain",
-        "ok   PD  PD  PD  PD    PD    PD     PD       NF    UA   PD",
-    ),
-    (
-        "issue_token",
-        "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD",
-    ),
-    (
-        "who_am_i",
-        "ok   ok  ok  ok  ok    ok    ok     ok       ok    UA   ok",
-    ),
+    ("get_domain",          "ok   ok  ok  ok  ok    ok    ok     PD       NF    UA   PD"),
+    ("update_domain",       "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("create_site",         "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("list_sites",          "ok   ok  ok  ok  ok    ok    ok     PD       NF    UA   PD"),
+    ("create_basic_hq",     "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("create_manager_hq",   "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("create_basic_branch", "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("get_user_basic",      "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   ok"),
+    ("get_user_branch",     "ok   ok  PD  PD  PD    PD    ok     PD       NF    UA   PD"),
+    ("list_users",          "ok   ok  ok  ok  ok    ok    ok     PD       NF    UA   PD"),
+    ("edit_profile_basic",  "ok   ok  ok  PD  PD    ok    PD     PD       NF    UA   PD"),
+    ("change_scope",        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("self_scope_change",   "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("delete_user",         "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("get_options_basic",   "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   PD"),
+    ("set_rules_basic",     "ok   ok  ok  PD  PD    ok    PD     PD       NF    UA   PD"),
+    ("reset_user",          "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("send_welcome",        "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("force_reset",         "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("add_phone",           "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("list_phones_basic",   "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   ok"),
+    ("get_queue",           "ok   ok  ok  ok  ok    PD    ok     PD       NF    UA   PD"),
+    ("set_queue_members",   "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("agent_login",         "ok   ok  ok  ok  ok    PD    PD     PD       NF    UA   PD"),
+    ("create_domain",       "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
+    ("delete_domain",       "ok   PD  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("issue_token",         "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
+    ("who_am_i",            "ok   ok  ok  ok  ok    ok    ok     ok       ok    UA   ok"),
 ];
 
 const PW: &str = "correct horse battery";
