@@ -99,7 +99,7 @@ impl Store {
     fn open_with(dir: &Path, sync: bool) -> ApiResult<Self> {
         let db = sled::Config::new()
             .path(dir)
-            .mode(sled::Mode::LowSpace)
+            .mode(sled::Mode::HighThroughput)
             .open()
             .map_err(storage)?;
         let tree = db.open_tree("directory").map_err(storage)?;
