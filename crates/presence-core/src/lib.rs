@@ -5,11 +5,13 @@
 //!   mapped to gRPC codes in exactly one place (`presence-proto`);
 //! - [`ids`]: validated newtypes for domain, site and user ids, MACs and
 //!   e-mail addresses;
+//! - [`presence`]: the per-user presence state machine and aggregation;
 //! - [`scope`]: the six scopes, the user kinds and the capability table;
 //! - [`text`]: limits and checks for free-text fields.
 
 pub mod error;
 pub mod ids;
+pub mod presence;
 pub mod scope;
 pub mod text;
 
