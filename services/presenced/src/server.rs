@@ -13,10 +13,12 @@ use presence_directory::store::keys;
 use presence_directory::{
     AuthGrpc, Directory, DirectoryConfig, DirectoryGrpc, Store, StoreValidator,
 };
-use presence_policy::{Policy, PolicyConfig, PolicyGrpc};
+use presence_fanout::{Fanout, FanoutConfig, FanoutGrpc};
+use presence_policy::{AclView, Policy, PolicyConfig, PolicyGrpc};
 use presence_proto::v1::auth_service_server::AuthServiceServer;
 use presence_proto::v1::directory_service_server::DirectoryServiceServer;
 use presence_proto::v1::policy_service_server::PolicyServiceServer;
+use presence_proto::v1::presence_service_server::PresenceServiceServer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +37,7 @@ const SERVICES: &[(&str, &str)] = &[
     ("presence.v1.DirectoryService", "directory"),
     ("presence.v1.AuthService", "directory"),
     ("presence.v1.PolicyService", "policy"),
+    ("presence.v1.PresenceService", "fanout"),
 ];
 
 /// A built server, ready to run on a listener.
@@ -139,11 +142,6 @@ impl Server {
         let interceptor =
             AuthInterceptor::required(signer.clone(), Arc::new(StoreValidator::new(store.clone())));
         let bootstrap_token = bootstrap(&cfg, &store, &signer)?;
-        for r in &cfg.roles {
-            if r == "fanout" {
-                tracing::warn!(role = %r, "role accepted but it serves nothing yet in this version");
-            }
-        }
         Ok(Self {
             cfg,
             bus,
@@ -218,14 +216,6 @@ impl Server {
                 self.interceptor.clone(),
             )
         }));
-        if !self.cfg.ready_file.is_empty() {
-            // Written then renamed, so a reader never sees half an address.
-            let tmp = format!("{}.tmp", self.cfg.ready_file);
-            std::fs::write(&tmp, addr.to_string())
-                .and_then(|()| std::fs::rename(&tmp, &self.cfg.ready_file))
-                .with_context(|| format!("write ready file {}", self.cfg.ready_file))?;
-        }
-        tracing::info!(%addr, bus = self.bus.kind(), roles = %self.cfg.roles.join(","), "serving");
         // Background work, tied to the shutdown token and awaited below.
         let tasks = tokio_util::task::TaskTracker::new();
         if policy_role {
@@ -243,6 +233,52 @@ impl Server {
                 tracing::info_span!("policy_responder"),
             ));
         }
+        let fanout_role = self.cfg.has_role("fanout");
+        let fanout = if fanout_role {
+            let acl = AclView::new(self.policy.store().clone(), 1_000_000);
+            let acl_sub = AclView::subscribe(&self.bus)
+                .await
+                .map_err(|e| anyhow::anyhow!("acl view: {e}"))?;
+            tasks.spawn(tracing::Instrument::instrument(
+                acl.clone().run(acl_sub, shutdown.clone()),
+                tracing::info_span!("acl_view"),
+            ));
+            let fanout = Fanout::start(
+                FanoutConfig::default(),
+                self.policy.store().clone(),
+                acl,
+                self.bus.clone(),
+                &shutdown,
+                &tasks,
+            );
+            let ingest = Fanout::subscribe_ingest(&self.bus)
+                .await
+                .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+            tasks.spawn(tracing::Instrument::instrument(
+                fanout.clone().run_ingest(ingest, shutdown.clone()),
+                tracing::info_span!("ingest"),
+            ));
+            Some(fanout)
+        } else {
+            None
+        };
+        router = router.add_optional_service(fanout.map(|f| {
+            PresenceServiceServer::with_interceptor(FanoutGrpc(f), self.interceptor.clone())
+        }));
+        // Every subscription above is registered with the server before
+        // the first request can be served.
+        self.bus
+            .flush()
+            .await
+            .map_err(|e| anyhow::anyhow!("bus flush: {e}"))?;
+        if !self.cfg.ready_file.is_empty() {
+            // Written then renamed, so a reader never sees half an address.
+            let tmp = format!("{}.tmp", self.cfg.ready_file);
+            std::fs::write(&tmp, addr.to_string())
+                .and_then(|()| std::fs::rename(&tmp, &self.cfg.ready_file))
+                .with_context(|| format!("write ready file {}", self.cfg.ready_file))?;
+        }
+        tracing::info!(%addr, bus = self.bus.kind(), roles = %self.cfg.roles.join(","), "serving");
         tasks.close();
         let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
         let stop = shutdown.clone();

@@ -1,0 +1,55 @@
+//! The thin tonic adapter of [`Fanout`].
+
+use crate::service::Fanout;
+use presence_auth::principal_of;
+use presence_directory::grpc::respond;
+use presence_proto::v1::{self, presence_service_server::PresenceService};
+use std::pin::Pin;
+use tonic::{Request, Response, Status};
+
+/// The gRPC face of [`Fanout`].
+#[derive(Clone)]
+pub struct FanoutGrpc(pub Fanout);
+
+/// The stream type of `Watch`.
+pub type WatchStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl PresenceService for FanoutGrpc {
+    async fn publish(
+        &self,
+        request: Request<v1::PublishRequest>,
+    ) -> Result<Response<v1::PublishResponse>, Status> {
+        let p = principal_of(&request).map_err(|e| respond("publish", e))?;
+        self.0
+            .publish(&p, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| respond("publish", e))
+    }
+
+    async fn get_presence(
+        &self,
+        request: Request<v1::GetPresenceRequest>,
+    ) -> Result<Response<v1::GetPresenceResponse>, Status> {
+        let p = principal_of(&request).map_err(|e| respond("get_presence", e))?;
+        self.0
+            .get_presence(&p, request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| respond("get_presence", e))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<v1::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Watch streams are the next part of the fanout work (issue 4).
+        Err(Status::unimplemented(
+            "watch streams are not available in this version",
+        ))
+    }
+}

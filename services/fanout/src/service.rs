@@ -1,0 +1,343 @@
+//! The presence service's domain API: ingest (gRPC `Publish` and the
+//! NATS subjects `presence.v1.in.<domain>.<user>`) and `GetPresence`.
+
+use crate::convert::{event_from_proto, reject_label, reject_reason, state_to_proto};
+use crate::shard::{self, Clock, ShardHandle, UserKey};
+use futures_util::StreamExt;
+use presence_auth::{Principal, rights};
+use presence_bus::{BusSubscription, SharedBus, subjects};
+use presence_core::presence::{EventKind, Limits};
+use presence_core::{ApiError, ApiResult, DomainId, Mac, UserId};
+use presence_directory::Store;
+use presence_directory::records::Read;
+use presence_policy::{AclView, Question};
+use presence_proto::v1::{self, RejectReason};
+use prost::Message;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Settings of the presence service.
+#[derive(Debug, Clone)]
+pub struct FanoutConfig {
+    /// Number of shard actors.
+    pub shards: usize,
+    /// Commands buffered per shard before publishers wait.
+    pub shard_inbox: usize,
+    /// Most events in one `Publish` call.
+    pub max_publish_batch: usize,
+    /// Most targets in one `GetPresence` call.
+    pub max_targets: usize,
+    /// State-machine timeouts and bounds.
+    pub limits: Limits,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            shards: 8,
+            shard_inbox: 1024,
+            max_publish_batch: 1000,
+            max_targets: 5000,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// The presence service.
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<ShardHandle>,
+    store: Arc<Store>,
+    acl: AclView,
+    cfg: FanoutConfig,
+}
+
+fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::PublishResult {
+    metrics::counter!("presence_fanout_events_rejected_total", "reason" => reject_label(reason))
+        .increment(1);
+    let detail = detail.into();
+    tracing::debug!(reason = reject_label(reason), %detail, "event rejected");
+    v1::PublishResult {
+        accepted: false,
+        reason: reason as i32,
+        detail,
+    }
+}
+
+/// Returns whether `p` may publish `e` (already parsed ids).
+fn may_publish(p: &Principal, d: &DomainId, u: &UserId, e: &v1::DeviceEvent) -> bool {
+    use v1::device_event::Kind as K;
+    match p {
+        Principal::Service { .. } => p.has_right(d, rights::PRESENCE_PUBLISH),
+        Principal::Phone { domain, user, mac } => {
+            domain == d && user == u && Mac::parse(&e.device).is_ok_and(|m| m == *mac)
+        }
+        Principal::User { domain, user, .. } => {
+            domain == d
+                && user == u
+                && matches!(
+                    e.kind,
+                    Some(K::ManualStatus(_) | K::UserDnd(_) | K::QueueLogin(_))
+                )
+        }
+    }
+}
+
+impl Fanout {
+    /// Starts the shard actors (tracked by `tracker`, stopped by
+    /// `shutdown`) and returns the service.
+    pub fn start(
+        cfg: FanoutConfig,
+        store: Arc<Store>,
+        acl: AclView,
+        bus: SharedBus,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
+        let clock = Clock::new();
+        let shards = (0..cfg.shards.max(1))
+            .map(|i| {
+                shard::spawn(
+                    i,
+                    cfg.shard_inbox,
+                    cfg.limits,
+                    bus.clone(),
+                    clock,
+                    shutdown.clone(),
+                    tracker,
+                )
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                store,
+                acl,
+                cfg,
+            }),
+        }
+    }
+
+    fn shard(&self, d: &DomainId, u: &UserId) -> &ShardHandle {
+        &self.inner.shards[shard::shard_index(d, u, self.inner.shards.len())]
+    }
+
+    async fn user_exists(&self, d: &DomainId, u: &UserId) -> ApiResult<bool> {
+        let store = self.inner.store.clone();
+        let (d, u) = (d.clone(), u.clone());
+        tokio::task::spawn_blocking(move || match store.user(&d, &u) {
+            Ok(_) => Ok(true),
+            Err(ApiError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))?
+    }
+
+    /// Validates and applies one event (identity checks already done).
+    async fn apply(&self, d: DomainId, u: UserId, e: &v1::DeviceEvent) -> v1::PublishResult {
+        metrics::counter!("presence_fanout_events_in_total").increment(1);
+        let ev = match event_from_proto(e) {
+            Ok(ev) => ev,
+            Err(r) => return rejected(reject_reason(r), "malformed event"),
+        };
+        if let EventKind::QueueLogin { queue, .. } = &ev.kind
+            && UserId::parse(queue).is_err()
+        {
+            return rejected(RejectReason::Malformed, "invalid queue id");
+        }
+        match self.user_exists(&d, &u).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return rejected(
+                    RejectReason::UnknownUser,
+                    format!("user {u} not found in domain {d}"),
+                );
+            }
+            Err(e) => return rejected(RejectReason::Unspecified, e.to_string()),
+        }
+        match self.shard(&d, &u).apply((d.clone(), u.clone()), ev).await {
+            Ok(Ok(changed)) => {
+                metrics::counter!("presence_fanout_events_applied_total").increment(1);
+                if !changed {
+                    metrics::counter!("presence_fanout_events_unchanged_total").increment(1);
+                }
+                v1::PublishResult {
+                    accepted: true,
+                    reason: RejectReason::Unspecified as i32,
+                    detail: String::new(),
+                }
+            }
+            Ok(Err(r)) => rejected(reject_reason(r), format!("{r:?}")),
+            Err(e) => rejected(RejectReason::Unspecified, e.to_string()),
+        }
+    }
+
+    /// Ingests a batch of events for the caller; each is accepted or
+    /// rejected on its own.
+    pub async fn publish(
+        &self,
+        p: &Principal,
+        req: v1::PublishRequest,
+    ) -> ApiResult<v1::PublishResponse> {
+        if req.events.len() > self.inner.cfg.max_publish_batch {
+            return Err(ApiError::ResourceExhausted(format!(
+                "{} events in one publish, at most {}",
+                req.events.len(),
+                self.inner.cfg.max_publish_batch
+            )));
+        }
+        let mut results = Vec::with_capacity(req.events.len());
+        for e in &req.events {
+            let (Ok(d), Ok(u)) = (DomainId::parse(&e.domain), UserId::parse(&e.user)) else {
+                results.push(rejected(
+                    RejectReason::Malformed,
+                    "invalid domain or user id",
+                ));
+                continue;
+            };
+            // Not permitted is answered before existence, so another
+            // tenant learns nothing.
+            if !may_publish(p, &d, &u, e) {
+                results.push(rejected(
+                    RejectReason::NotPermitted,
+                    "not allowed to publish for this user or device",
+                ));
+                continue;
+            }
+            results.push(self.apply(d, u, e).await);
+        }
+        Ok(v1::PublishResponse { results })
+    }
+
+    /// Returns the states of the targets the caller may see; the others
+    /// (and unknown ones) are listed in `denied`. Users and phones see
+    /// through their own permissions; a service needs `presence.watch`.
+    pub async fn get_presence(
+        &self,
+        p: &Principal,
+        req: v1::GetPresenceRequest,
+    ) -> ApiResult<v1::GetPresenceResponse> {
+        let d = DomainId::parse(&req.domain)?;
+        p.require_domain(&d)?;
+        if req.targets.len() > self.inner.cfg.max_targets {
+            return Err(ApiError::ResourceExhausted(format!(
+                "{} targets, at most {}",
+                req.targets.len(),
+                self.inner.cfg.max_targets
+            )));
+        }
+        let targets: Vec<UserId> = req
+            .targets
+            .iter()
+            .map(|t| UserId::parse(t))
+            .collect::<ApiResult<_>>()?;
+        // (target, caller id visible) of the permitted targets.
+        let permitted: Vec<(UserId, bool)> = match p {
+            Principal::User { user, .. } | Principal::Phone { user, .. } => {
+                let names: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+                let decisions = self
+                    .inner
+                    .acl
+                    .check(&d, user, &names, Question::See)
+                    .await?;
+                targets
+                    .iter()
+                    .zip(decisions)
+                    .filter(|(_, dec)| dec.allowed)
+                    .map(|(t, dec)| (t.clone(), dec.caller_id_visible))
+                    .collect()
+            }
+            Principal::Service { .. } => {
+                if !p.has_right(&d, rights::PRESENCE_WATCH) {
+                    return Err(ApiError::denied("not allowed to read presence"));
+                }
+                let mut out = Vec::new();
+                for t in &targets {
+                    if self.user_exists(&d, t).await? {
+                        out.push((t.clone(), true));
+                    }
+                }
+                out
+            }
+        };
+        let mut states = Vec::with_capacity(permitted.len());
+        for (t, caller_id) in &permitted {
+            let key: UserKey = (d.clone(), t.clone());
+            let a = self.shard(&d, t).get(vec![key]).await?;
+            if let Some(a) = a.first() {
+                states.push(state_to_proto(d.as_str(), t.as_str(), a, *caller_id));
+            }
+        }
+        let denied = targets
+            .iter()
+            .filter(|t| !permitted.iter().any(|(p, _)| p == *t))
+            .map(|t| t.to_string())
+            .collect();
+        Ok(v1::GetPresenceResponse { states, denied })
+    }
+
+    /// Subscribes to the ingest subjects (queue group `fanout-ingest`);
+    /// pass the result to [`Fanout::run_ingest`].
+    pub async fn subscribe_ingest(bus: &SharedBus) -> ApiResult<BusSubscription> {
+        Ok(bus
+            .queue_subscribe(subjects::ingest_all(), "fanout-ingest".into())
+            .await?)
+    }
+
+    /// Applies device events from the bus until `shutdown`. The subject
+    /// names the user; a payload naming another user is rejected.
+    pub async fn run_ingest(self, mut sub: BusSubscription, shutdown: CancellationToken) {
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            let parts: Vec<&str> = m.subject.split('.').collect();
+            let (Some(d), Some(u)) = (parts.get(3), parts.get(4)) else {
+                rejected(
+                    RejectReason::Malformed,
+                    format!("bad subject {}", m.subject),
+                );
+                continue;
+            };
+            let (Ok(d), Ok(u)) = (DomainId::parse(d), UserId::parse(u)) else {
+                rejected(
+                    RejectReason::Malformed,
+                    format!("bad subject {}", m.subject),
+                );
+                continue;
+            };
+            let mut e = match v1::DeviceEvent::decode(m.payload) {
+                Ok(e) => e,
+                Err(err) => {
+                    rejected(
+                        RejectReason::Malformed,
+                        format!("undecodable payload: {err}"),
+                    );
+                    continue;
+                }
+            };
+            if (!e.domain.is_empty() && e.domain != d.as_str())
+                || (!e.user.is_empty() && e.user != u.as_str())
+            {
+                rejected(
+                    RejectReason::Malformed,
+                    "payload names another user than its subject",
+                );
+                continue;
+            }
+            e.domain = d.to_string();
+            e.user = u.to_string();
+            let _ = self.apply(d, u, &e).await;
+        }
+    }
+}

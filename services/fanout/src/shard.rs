@@ -1,0 +1,242 @@
+//! Shard actors: each owns the presence state of the users that hash to
+//! it, applies their events one at a time, expires what timed out at the
+//! exact deadline, and publishes every changed aggregate on
+//! `presence.v1.out.<domain>.<user>`. A shard never waits on a watcher:
+//! it only publishes on the bus.
+
+use crate::convert::state_to_proto;
+use presence_bus::{SharedBus, subjects};
+use presence_core::presence::{Aggregate, Event, Limits, Reject, UserPresence};
+use presence_core::{ApiError, ApiResult, DomainId, UserId};
+use prost::Message;
+use std::collections::{BTreeSet, HashMap};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// A user of a domain.
+pub type UserKey = (DomainId, UserId);
+
+/// Wall-clock milliseconds derived from tokio's clock, so that tests
+/// with paused time control expiry.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base_ms: i64,
+    base: Instant,
+}
+
+impl Clock {
+    /// Returns a clock starting at the current wall time.
+    pub fn new() -> Self {
+        Self {
+            base_ms: presence_auth::token::now_ms(),
+            base: Instant::now(),
+        }
+    }
+
+    /// Returns the current time in unix milliseconds.
+    pub fn now_ms(&self) -> i64 {
+        self.base_ms + self.base.elapsed().as_millis() as i64
+    }
+
+    /// Returns the tokio instant of a unix-millisecond time.
+    pub fn instant_of(&self, ms: i64) -> Instant {
+        let d = (ms - self.base_ms).max(0) as u64;
+        self.base + std::time::Duration::from_millis(d)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+enum Command {
+    Apply {
+        key: UserKey,
+        event: Event,
+        reply: oneshot::Sender<Result<bool, Reject>>,
+    },
+    Get {
+        keys: Vec<UserKey>,
+        reply: oneshot::Sender<Vec<Aggregate>>,
+    },
+}
+
+/// The handle of a shard actor.
+#[derive(Clone)]
+pub struct ShardHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+fn gone() -> ApiError {
+    ApiError::Unavailable("shard stopped".into())
+}
+
+impl ShardHandle {
+    /// Applies an event; waits for room when the inbox is full
+    /// (backpressure on the publisher, never on watchers).
+    pub async fn apply(&self, key: UserKey, event: Event) -> ApiResult<Result<bool, Reject>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Apply { key, event, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// Returns the current aggregates (offline at version 0 for users
+    /// without state).
+    pub async fn get(&self, keys: Vec<UserKey>) -> ApiResult<Vec<Aggregate>> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Get { keys, reply })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+struct Shard {
+    id: usize,
+    users: HashMap<UserKey, UserPresence>,
+    deadlines: BTreeSet<(i64, UserKey)>,
+    deadline_of: HashMap<UserKey, i64>,
+    limits: Limits,
+    bus: SharedBus,
+    clock: Clock,
+}
+
+impl Shard {
+    fn reschedule(&mut self, key: &UserKey) {
+        if let Some(old) = self.deadline_of.remove(key) {
+            self.deadlines.remove(&(old, key.clone()));
+        }
+        if let Some(u) = self.users.get(key)
+            && let Some(t) = u.next_deadline(&self.limits)
+        {
+            self.deadlines.insert((t, key.clone()));
+            self.deadline_of.insert(key.clone(), t);
+        }
+    }
+
+    async fn publish(&self, key: &UserKey) {
+        let Some(u) = self.users.get(key) else { return };
+        let state = state_to_proto(key.0.as_str(), key.1.as_str(), u.aggregate(), true);
+        let subject = subjects::presence_out(&key.0, &key.1);
+        if let Err(e) = self
+            .bus
+            .publish(subject, state.encode_to_vec().into())
+            .await
+        {
+            tracing::warn!(shard = self.id, error = %e, "presence change not published");
+        }
+    }
+
+    async fn expire_due(&mut self) {
+        let now = self.clock.now_ms();
+        while let Some((t, key)) = self.deadlines.first().cloned() {
+            if t > now {
+                break;
+            }
+            self.deadlines.remove(&(t, key.clone()));
+            self.deadline_of.remove(&key);
+            let changed = match self.users.get_mut(&key) {
+                Some(u) => u.expire(now, &self.limits),
+                None => false,
+            };
+            if changed {
+                metrics::counter!("presence_fanout_expired_total").increment(1);
+                self.publish(&key).await;
+            }
+            self.reschedule(&key);
+        }
+    }
+
+    async fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Apply { key, event, reply } => {
+                let now = self.clock.now_ms();
+                let u = self.users.entry(key.clone()).or_default();
+                let r = u.apply(&event, now, &self.limits);
+                if matches!(r, Ok(true)) {
+                    self.publish(&key).await;
+                }
+                self.reschedule(&key);
+                let _ = reply.send(r);
+            }
+            Command::Get { keys, reply } => {
+                let out = keys
+                    .iter()
+                    .map(|k| {
+                        self.users
+                            .get(k)
+                            .map(|u| u.aggregate().clone())
+                            .unwrap_or_else(|| UserPresence::new(0).aggregate().clone())
+                    })
+                    .collect();
+                let _ = reply.send(out);
+            }
+        }
+    }
+}
+
+/// Starts a shard actor; it stops when `shutdown` fires.
+pub fn spawn(
+    id: usize,
+    inbox: usize,
+    limits: Limits,
+    bus: SharedBus,
+    clock: Clock,
+    shutdown: CancellationToken,
+    tracker: &tokio_util::task::TaskTracker,
+) -> ShardHandle {
+    let (tx, mut rx) = mpsc::channel(inbox.max(1));
+    let mut shard = Shard {
+        id,
+        users: HashMap::new(),
+        deadlines: BTreeSet::new(),
+        deadline_of: HashMap::new(),
+        limits,
+        bus,
+        clock,
+    };
+    let span = tracing::info_span!("shard", id);
+    tracker.spawn(tracing::Instrument::instrument(
+        async move {
+            loop {
+                let next = shard
+                    .deadlines
+                    .first()
+                    .map(|(t, _)| shard.clock.instant_of(*t));
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    cmd = rx.recv() => match cmd {
+                        Some(c) => shard.handle(c).await,
+                        None => break,
+                    },
+                    _ = async {
+                        match next {
+                            Some(at) => tokio::time::sleep_until(at).await,
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => shard.expire_due().await,
+                }
+            }
+        },
+        span,
+    ));
+    ShardHandle { tx }
+}
+
+/// Returns the shard of a user: FNV-1a of `domain \0 user`, modulo the
+/// shard count (stable across processes and versions).
+pub fn shard_index(d: &DomainId, u: &UserId, shards: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in d.as_str().bytes().chain([0u8]).chain(u.as_str().bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % shards.max(1) as u64) as usize
+}

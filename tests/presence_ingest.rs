@@ -1,0 +1,425 @@
+//! Device-event ingest (gRPC Publish and NATS subjects), per-user state,
+//! and GetPresence filtered by policy with caller-id redaction.
+
+#![allow(clippy::unwrap_used)]
+
+use futures_util::StreamExt;
+use presence_client::PresenceClient;
+use presence_proto::v1::{self, Scope, device_event::Kind as K, grantee::Kind as G};
+use presence_tests::{NatsServer, NewUser, Sandbox, assert_code, domain, site, user};
+use prost::Message;
+use std::time::Duration;
+use tonic::Code;
+
+const PW: &str = "correct horse battery";
+
+fn call(user: &str, device: &str, seq: u64, id: &str, state: v1::CallState) -> v1::DeviceEvent {
+    v1::DeviceEvent {
+        domain: "acme".into(),
+        user: user.into(),
+        device: device.into(),
+        sequence: seq,
+        at_ms: 0,
+        kind: Some(K::Call(v1::CallUpdate {
+            call_id: id.into(),
+            state: state as i32,
+            direction: v1::Direction::Inbound as i32,
+            remote_number: "+14155550100".into(),
+            remote_name: "Big Customer".into(),
+        })),
+    }
+}
+
+fn register(user: &str, device: &str, seq: u64) -> v1::DeviceEvent {
+    v1::DeviceEvent {
+        domain: "acme".into(),
+        user: user.into(),
+        device: device.into(),
+        sequence: seq,
+        at_ms: 0,
+        kind: Some(K::Registration(v1::Registration {
+            expires_seconds: 3600,
+        })),
+    }
+}
+
+async fn setup(sb: &Sandbox) -> (PresenceClient, String) {
+    let mut a = sb.admin.clone();
+    domain(&mut a, "acme").await;
+    site(&mut a, "acme", "hq").await;
+    for (id, scope) in [
+        ("agent", Scope::CallCenterAgent),
+        ("recep", Scope::BasicUser),
+        ("seer", Scope::BasicUser),
+        ("other", Scope::BasicUser),
+    ] {
+        user(
+            &mut a,
+            "acme",
+            id,
+            NewUser {
+                scope: Some(scope),
+                site: "hq",
+                password: Some(PW),
+                ..Default::default()
+            },
+        )
+        .await;
+    }
+    a.directory
+        .add_phone(v1::AddPhoneRequest {
+            domain: "acme".into(),
+            user: "agent".into(),
+            mac: "0004f2000001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    a.policy
+        .set_grants(v1::SetGrantsRequest {
+            domain: "acme".into(),
+            target: "agent".into(),
+            see: vec![v1::Grantee {
+                kind: Some(G::User("seer".into())),
+            }],
+            pickup: vec![v1::Grantee {
+                kind: Some(G::User("recep".into())),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pbx = a
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: "pbx".into(),
+                    domains: vec!["acme".into()],
+                    rights: vec!["presence.publish".into()],
+                },
+            )),
+            ttl_seconds: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    (sb.client(Some(&pbx)).await, pbx)
+}
+
+async fn state_of(c: &mut PresenceClient, target: &str) -> Option<v1::PresenceState> {
+    let r = c
+        .presence
+        .get_presence(v1::GetPresenceRequest {
+            domain: "acme".into(),
+            targets: vec![target.into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    r.states.into_iter().next()
+}
+
+#[tokio::test]
+async fn test_publish_and_filtered_get_presence() {
+    let sb = Sandbox::start().await;
+    let (mut pbx, _) = setup(&sb).await;
+    let publish = |events: Vec<v1::DeviceEvent>| v1::PublishRequest { events };
+    let r = pbx
+        .presence
+        .publish(publish(vec![
+            register("agent", "0004f2000001", 1),
+            call("agent", "0004f2000001", 2, "c1", v1::CallState::Early),
+            call("agent", "0004f2000001", 2, "c1", v1::CallState::Early), // duplicate
+            call("ghost", "0004f2000001", 1, "c1", v1::CallState::Early), // unknown user
+            call("agent", "0004f2000001", 3, "", v1::CallState::Early),   // malformed
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+    let reasons: Vec<(bool, i32)> = r.results.iter().map(|x| (x.accepted, x.reason)).collect();
+    use v1::RejectReason as R;
+    assert_eq!(
+        reasons,
+        vec![
+            (true, R::Unspecified as i32),
+            (true, R::Unspecified as i32),
+            (false, R::StaleSequence as i32),
+            (false, R::UnknownUser as i32),
+            (false, R::Malformed as i32),
+        ]
+    );
+
+    // The receptionist (pickup grant) sees who is calling; a see-only
+    // watcher sees the ringing but not the caller; others see nothing.
+    let mut recep = sb.login("acme", "recep", PW).await;
+    let mut seer = sb.login("acme", "seer", PW).await;
+    let mut other = sb.login("acme", "other", PW).await;
+    let s = state_of(&mut recep, "agent").await.unwrap();
+    assert_eq!(
+        (s.telephony, s.presence),
+        (
+            v1::TelephonyStatus::Ringing as i32,
+            v1::PresenceStatus::Busy as i32
+        )
+    );
+    assert_eq!(s.calls[0].remote_number, "+14155550100");
+    let s2 = state_of(&mut seer, "agent").await.unwrap();
+    assert_eq!(s2.telephony, v1::TelephonyStatus::Ringing as i32);
+    assert_eq!(
+        (
+            s2.calls[0].remote_number.as_str(),
+            s2.calls[0].remote_name.as_str()
+        ),
+        ("", "")
+    );
+    assert_eq!(s2.version, s.version, "the same full state, only redacted");
+    let r = other
+        .presence
+        .get_presence(v1::GetPresenceRequest {
+            domain: "acme".into(),
+            targets: vec!["agent".into(), "ghost".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.states.is_empty());
+    assert_eq!(r.denied, vec!["agent".to_string(), "ghost".to_string()]);
+
+    // Answered, held, hung up: versions only increase.
+    let mut last = s.version;
+    for (seq, st, tel) in [
+        (3, v1::CallState::Confirmed, v1::TelephonyStatus::Connected),
+        (4, v1::CallState::Held, v1::TelephonyStatus::OnHold),
+        (5, v1::CallState::Terminated, v1::TelephonyStatus::NoCall),
+    ] {
+        let r = pbx
+            .presence
+            .publish(publish(vec![call("agent", "0004f2000001", seq, "c1", st)]))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(r.results[0].accepted);
+        let s = state_of(&mut recep, "agent").await.unwrap();
+        assert_eq!(s.telephony, tel as i32);
+        assert!(s.version > last);
+        last = s.version;
+    }
+    // A late "ringing" for the ended call is an illegal transition.
+    let r = pbx
+        .presence
+        .publish(publish(vec![call(
+            "agent",
+            "0004f2000001",
+            6,
+            "c1",
+            v1::CallState::Early,
+        )]))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.results[0].reason, R::IllegalTransition as i32);
+    assert_eq!(
+        state_of(&mut recep, "agent").await.unwrap().telephony,
+        v1::TelephonyStatus::NoCall as i32
+    );
+}
+
+#[tokio::test]
+async fn test_who_may_publish() {
+    let sb = Sandbox::start().await;
+    let (_pbx, _) = setup(&sb).await;
+    let mut a = sb.admin.clone();
+    let phone = a
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Phone(
+                v1::PhonePrincipal {
+                    domain: "acme".into(),
+                    user: String::new(),
+                    mac: "0004f2000001".into(),
+                },
+            )),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut phone = sb.client(Some(&phone)).await;
+    let r = phone
+        .presence
+        .publish(v1::PublishRequest {
+            events: vec![
+                register("agent", "00:04:F2:00:00:01", 1),
+                register("agent", "0004f2999999", 1),
+                register("recep", "0004f2000001", 1),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.results.iter().map(|x| x.accepted).collect::<Vec<_>>(),
+        vec![true, false, false]
+    );
+    assert_eq!(r.results[1].reason, v1::RejectReason::NotPermitted as i32);
+
+    // A user may set its own manual status, not report calls.
+    let mut agent = sb.login("acme", "agent", PW).await;
+    let status = v1::DeviceEvent {
+        domain: "acme".into(),
+        user: "agent".into(),
+        device: "portal".into(),
+        sequence: 1,
+        at_ms: 0,
+        kind: Some(K::ManualStatus(v1::ManualStatus {
+            status: v1::UserStatus::Away as i32,
+            message: "lunch".into(),
+        })),
+    };
+    let r = agent
+        .presence
+        .publish(v1::PublishRequest {
+            events: vec![
+                status,
+                call("agent", "portal", 2, "x", v1::CallState::Early),
+            ],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.results.iter().map(|x| x.accepted).collect::<Vec<_>>(),
+        vec![true, false]
+    );
+    let s = state_of(&mut agent, "agent").await.unwrap();
+    assert_eq!(
+        (s.user_status, s.message.as_str()),
+        (v1::UserStatus::Away as i32, "lunch")
+    );
+
+    // Another tenant's publisher learns nothing about acme's users.
+    domain(&mut a, "globex").await;
+    let g = a
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: "gpbx".into(),
+                    domains: vec!["globex".into()],
+                    rights: vec!["presence.publish".into(), "presence.watch".into()],
+                },
+            )),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut g = sb.client(Some(&g)).await;
+    let r = g
+        .presence
+        .publish(v1::PublishRequest {
+            events: vec![register("agent", "d", 1), register("ghost", "d", 1)],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.results
+            .iter()
+            .all(|x| x.reason == v1::RejectReason::NotPermitted as i32)
+    );
+    assert_code(
+        g.presence
+            .get_presence(v1::GetPresenceRequest {
+                domain: "acme".into(),
+                targets: vec!["agent".into()],
+            })
+            .await,
+        Code::NotFound,
+    );
+    // Limits.
+    let many: Vec<v1::DeviceEvent> = (0..1001).map(|i| register("agent", "d", i + 1)).collect();
+    assert_code(
+        agent
+            .presence
+            .publish(v1::PublishRequest { events: many })
+            .await,
+        Code::ResourceExhausted,
+    );
+    assert_code(
+        agent
+            .presence
+            .get_presence(v1::GetPresenceRequest {
+                domain: "acme".into(),
+                targets: vec!["bad id".into()],
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    let mut anon = sb.client(None).await;
+    assert_code(
+        anon.presence
+            .publish(v1::PublishRequest { events: vec![] })
+            .await,
+        Code::Unauthenticated,
+    );
+}
+
+#[tokio::test]
+async fn test_ingest_from_nats_subjects() {
+    let nats = NatsServer::start();
+    let sb = Sandbox::start_with(nats.url()).await;
+    let (_pbx, _) = setup(&sb).await;
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let mut out = nc.subscribe("presence.v1.out.acme.agent").await.unwrap();
+    nc.flush().await.unwrap();
+    // The subject names the user; the payload may leave domain/user empty.
+    let mut e = call("agent", "0004f2000001", 1, "c9", v1::CallState::Early);
+    e.domain.clear();
+    e.user.clear();
+    nc.publish("presence.v1.in.acme.agent", e.encode_to_vec().into())
+        .await
+        .unwrap();
+    // Garbage and mismatched payloads are rejected without harm.
+    nc.publish("presence.v1.in.acme.agent", vec![0xff, 0x00, 0x13].into())
+        .await
+        .unwrap();
+    let wrong = call("recep", "0004f2000001", 2, "c9", v1::CallState::Confirmed);
+    nc.publish("presence.v1.in.acme.agent", wrong.encode_to_vec().into())
+        .await
+        .unwrap();
+    nc.publish(
+        "presence.v1.in.acme.agent",
+        call("agent", "0004f2000001", 3, "c9", v1::CallState::Confirmed)
+            .encode_to_vec()
+            .into(),
+    )
+    .await
+    .unwrap();
+    let m1 = tokio::time::timeout(Duration::from_secs(10), out.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let s1 = v1::PresenceState::decode(m1.payload).unwrap();
+    assert_eq!(s1.telephony, v1::TelephonyStatus::Ringing as i32);
+    let m2 = tokio::time::timeout(Duration::from_secs(10), out.next())
+        .await
+        .unwrap()
+        .unwrap();
+    let s2 = v1::PresenceState::decode(m2.payload).unwrap();
+    assert_eq!(s2.telephony, v1::TelephonyStatus::Connected as i32);
+    assert_eq!(
+        s2.version,
+        s1.version + 1,
+        "the mismatched payload changed nothing"
+    );
+    let mut recep = sb.login("acme", "recep", PW).await;
+    assert_eq!(
+        state_of(&mut recep, "agent").await.unwrap().version,
+        s2.version
+    );
+}
