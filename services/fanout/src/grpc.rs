@@ -45,11 +45,16 @@ impl PresenceService for FanoutGrpc {
 
     async fn watch(
         &self,
-        _request: Request<v1::WatchRequest>,
+        request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        // Watch streams are the next part of the fanout work (issue 4).
-        Err(Status::unimplemented(
-            "watch streams are not available in this version",
-        ))
+        let p = principal_of(&request).map_err(|e| respond("watch", e))?;
+        let rx = self
+            .0
+            .watch(&p, request.into_inner())
+            .await
+            .map_err(|e| respond("watch", e))?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

@@ -7,15 +7,16 @@
 //! - [`shard`]: shard actors owning per-user state, exact expiry,
 //!   publishing changes on `presence.v1.out.<domain>.<user>`;
 //! - [`service`]: [`Fanout`]: `Publish`, `GetPresence`, NATS ingest;
+//! - [`watch`]: the node's hub, per-stream coalescing mailboxes and the
+//!   stream task (snapshot, updates, denied / revoked / granted,
+//!   heartbeats, resume);
 //! - [`grpc`]: the tonic adapter.
-//!
-//! Watch streams (per-stream coalescing mailboxes, Denied / Revoked /
-//! Granted, resume) are the next part of this service.
 
 pub mod convert;
 pub mod grpc;
 pub mod service;
 pub mod shard;
+pub mod watch;
 
 pub use grpc::FanoutGrpc;
 pub use service::{Fanout, FanoutConfig};

@@ -3,9 +3,11 @@
 
 use crate::convert::{event_from_proto, reject_label, reject_reason, state_to_proto};
 use crate::shard::{self, Clock, ShardHandle, UserKey};
+use crate::watch::{Hub, StreamSlots, StreamSpec, run_stream};
 use futures_util::StreamExt;
 use presence_auth::{Principal, rights};
 use presence_bus::{BusSubscription, SharedBus, subjects};
+use presence_core::presence::Aggregate;
 use presence_core::presence::{EventKind, Limits};
 use presence_core::{ApiError, ApiResult, DomainId, Mac, UserId};
 use presence_directory::Store;
@@ -13,7 +15,9 @@ use presence_directory::records::Read;
 use presence_policy::{AclView, Question};
 use presence_proto::v1::{self, RejectReason};
 use prost::Message;
+use std::collections::HashMap;
 use std::sync::Arc;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -30,6 +34,8 @@ pub struct FanoutConfig {
     pub max_targets: usize,
     /// State-machine timeouts and bounds.
     pub limits: Limits,
+    /// Watch stream limits.
+    pub watch: crate::watch::WatchConfig,
 }
 
 impl Default for FanoutConfig {
@@ -40,6 +46,7 @@ impl Default for FanoutConfig {
             max_publish_batch: 1000,
             max_targets: 5000,
             limits: Limits::default(),
+            watch: crate::watch::WatchConfig::default(),
         }
     }
 }
@@ -55,6 +62,10 @@ struct Inner {
     store: Arc<Store>,
     acl: AclView,
     cfg: FanoutConfig,
+    hub: Hub,
+    slots: StreamSlots,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
 }
 
 fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::PublishResult {
@@ -119,6 +130,10 @@ impl Fanout {
                 store,
                 acl,
                 cfg,
+                hub: Hub::default(),
+                slots: StreamSlots::default(),
+                shutdown: shutdown.clone(),
+                tracker: tracker.clone(),
             }),
         }
     }
@@ -280,6 +295,192 @@ impl Fanout {
             .map(|t| t.to_string())
             .collect();
         Ok(v1::GetPresenceResponse { states, denied })
+    }
+
+    /// Returns the node's hub (run it with [`Hub::run`]).
+    pub fn hub(&self) -> Hub {
+        self.inner.hub.clone()
+    }
+
+    /// Returns the current aggregates of `targets` (offline at version 0
+    /// for users without state).
+    pub async fn states(&self, d: &DomainId, targets: &[String]) -> ApiResult<Vec<Aggregate>> {
+        let mut out = Vec::with_capacity(targets.len());
+        for t in targets {
+            let u = UserId::parse(t)?;
+            let mut a = self.shard(d, &u).get(vec![(d.clone(), u.clone())]).await?;
+            out.push(
+                a.pop()
+                    .ok_or_else(|| ApiError::Internal("shard returned nothing".into()))?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn resolve_targets(
+        &self,
+        d: &DomainId,
+        w: &UserId,
+        req: &v1::WatchRequest,
+    ) -> ApiResult<Vec<String>> {
+        use v1::watch_request::Selector as S;
+        let max = self.inner.cfg.watch.max_targets;
+        let store = self.inner.store.clone();
+        let (d, w) = (d.clone(), w.clone());
+        let sel = req
+            .selector
+            .clone()
+            .ok_or_else(|| ApiError::invalid("a selector must be set"))?;
+        let list = tokio::task::spawn_blocking(move || -> ApiResult<Vec<String>> {
+            match sel {
+                S::Targets(t) => {
+                    if t.targets.len() > max {
+                        return Err(ApiError::ResourceExhausted(format!(
+                            "{} targets, at most {max}",
+                            t.targets.len()
+                        )));
+                    }
+                    for x in &t.targets {
+                        UserId::parse(x)?;
+                    }
+                    Ok(t.targets)
+                }
+                S::MonitoredLines(_) => Ok(presence_policy::service::monitored_lines(
+                    &store, &d, &w, max,
+                )?
+                .lines
+                .into_iter()
+                .map(|l| l.target)
+                .collect()),
+                S::EveryoneVisible(_) => {
+                    let mut out = Vec::new();
+                    let mut token = String::new();
+                    loop {
+                        let (page, next) =
+                            presence_policy::service::monitorable(&store, &d, &w, &token, 1000)?;
+                        out.extend(page.into_iter().map(|x| x.target));
+                        if out.len() > max {
+                            return Err(ApiError::ResourceExhausted(format!(
+                                "more than {max} visible targets"
+                            )));
+                        }
+                        if next.is_empty() {
+                            return Ok(out);
+                        }
+                        token = next;
+                    }
+                }
+                S::Site(site) => {
+                    let sid = presence_core::SiteId::parse(&site)?;
+                    store.site(&d, &sid)?;
+                    let prefix = presence_directory::store::keys::prefix(
+                        presence_directory::store::keys::USER,
+                        &[d.as_str()],
+                    );
+                    let mut out = Vec::new();
+                    for row in store.scan(&prefix, None) {
+                        let (_, v) = row?;
+                        let u: v1::User = presence_directory::store::decode(&v)?;
+                        if u.site == site {
+                            out.push(u.id);
+                        }
+                    }
+                    if out.len() > max {
+                        return Err(ApiError::ResourceExhausted(format!(
+                            "site {site} has more than {max} users"
+                        )));
+                    }
+                    Ok(out)
+                }
+                S::Queue(q) => {
+                    let qid = UserId::parse(&q)?;
+                    Ok(store
+                        .queue(&d, &qid)?
+                        .agents
+                        .into_iter()
+                        .map(|a| a.user)
+                        .collect())
+                }
+            }
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("resolve task failed: {e}")))??;
+        let mut seen = std::collections::HashSet::new();
+        Ok(list
+            .into_iter()
+            .filter(|t| seen.insert(t.clone()))
+            .collect())
+    }
+
+    /// Opens a watch stream: the watcher is the caller (a service with
+    /// `presence.watch` names it), the targets come from the selector.
+    /// Returns the receiving end of the stream's bounded channel.
+    pub async fn watch(
+        &self,
+        p: &Principal,
+        req: v1::WatchRequest,
+    ) -> ApiResult<mpsc::Receiver<Result<v1::WatchEvent, tonic::Status>>> {
+        let d = DomainId::parse(&req.domain)?;
+        p.require_domain(&d)?;
+        let watcher = match p {
+            Principal::User { user, .. } | Principal::Phone { user, .. } => {
+                if !req.watcher.is_empty() && req.watcher != user.as_str() {
+                    return Err(ApiError::denied(
+                        "not allowed to watch on behalf of another user",
+                    ));
+                }
+                user.clone()
+            }
+            Principal::Service { .. } => {
+                if !p.has_right(&d, rights::PRESENCE_WATCH) {
+                    return Err(ApiError::denied("not allowed to watch presence"));
+                }
+                if req.watcher.is_empty() {
+                    return Err(ApiError::invalid(
+                        "watcher must be set when a service watches",
+                    ));
+                }
+                UserId::parse(&req.watcher)?
+            }
+        };
+        if !self.user_exists(&d, &watcher).await? {
+            return Err(presence_directory::records::user_not_found(
+                &d,
+                watcher.as_str(),
+            ));
+        }
+        let slot = self.inner.slots.take(
+            &p.describe(),
+            self.inner.cfg.watch.max_streams_per_principal,
+        )?;
+        let targets = self.resolve_targets(&d, &watcher, &req).await?;
+        let heartbeat = match req.heartbeat_seconds {
+            0 => self.inner.cfg.watch.heartbeat,
+            s => std::time::Duration::from_secs(u64::from(s.clamp(1, 3600))),
+        };
+        let known: HashMap<String, u64> = req.known_versions.clone().into_iter().collect();
+        let (tx, rx) = mpsc::channel(self.inner.cfg.watch.send_buffer.max(1));
+        let spec = StreamSpec {
+            domain: d.clone(),
+            watcher: watcher.clone(),
+            targets,
+            known,
+            heartbeat,
+        };
+        let span = tracing::info_span!("watch", domain = %d, watcher = %watcher);
+        let task = run_stream(
+            self.clone(),
+            self.inner.acl.clone(),
+            self.inner.hub.clone(),
+            spec,
+            tx,
+            self.inner.shutdown.clone(),
+            slot,
+        );
+        self.inner
+            .tracker
+            .spawn(tracing::Instrument::instrument(task, span));
+        Ok(rx)
     }
 
     /// Subscribes to the ingest subjects (queue group `fanout-ingest`);

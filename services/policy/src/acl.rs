@@ -182,6 +182,12 @@ impl AclView {
         Ok(out.into_iter().flatten().collect())
     }
 
+    /// Returns a receiver that changes whenever an ACL event is applied
+    /// (live streams re-check their targets then).
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.applied.subscribe()
+    }
+
     /// Returns the number of cached decisions (approximate).
     pub fn cached_entries(&self) -> u64 {
         self.inner.cache.run_pending_tasks();

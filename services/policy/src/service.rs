@@ -850,8 +850,9 @@ impl Policy {
     }
 }
 
-/// One page of the targets `w` may see, in id order.
-fn monitorable(
+/// One page of the targets `w` may see, in id order (decisions and the
+/// next page token).
+pub fn monitorable(
     s: &Store,
     d: &DomainId,
     w: &UserId,
@@ -888,8 +889,8 @@ fn monitorable(
     Ok((out, next))
 }
 
-/// The watcher's lines: saved ones, or derived from what it may see.
-fn monitored_lines(
+/// The watcher's monitored lines: saved ones, or derived.
+pub fn monitored_lines(
     s: &Store,
     d: &DomainId,
     w: &UserId,

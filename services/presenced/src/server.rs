@@ -251,6 +251,13 @@ impl Server {
                 &shutdown,
                 &tasks,
             );
+            let hub_sub = presence_fanout::watch::Hub::subscribe(&self.bus)
+                .await
+                .map_err(|e| anyhow::anyhow!("hub: {e}"))?;
+            tasks.spawn(tracing::Instrument::instrument(
+                fanout.hub().run(hub_sub, shutdown.clone()),
+                tracing::info_span!("hub"),
+            ));
             let ingest = Fanout::subscribe_ingest(&self.bus)
                 .await
                 .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
