@@ -19,6 +19,7 @@ struct Sub {
 }
 
 struct Inner {
+    reconnects: tokio::sync::watch::Sender<u64>,
     subs: Mutex<Vec<Sub>>,
     capacity: usize,
     round_robin: AtomicU64,
@@ -36,6 +37,7 @@ impl InProcessBus {
     pub fn new(capacity: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
+                reconnects: tokio::sync::watch::channel(0).0,
                 subs: Mutex::new(Vec::new()),
                 capacity: capacity.max(1),
                 round_robin: AtomicU64::new(0),
@@ -166,6 +168,10 @@ impl Bus for InProcessBus {
 
     fn queue_subscribe(&self, pattern: String, group: String) -> BusFuture<'_, BusSubscription> {
         Box::pin(async move { self.add(pattern, Some(group)) })
+    }
+
+    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.reconnects.subscribe()
     }
 
     fn flush(&self) -> BusFuture<'_, ()> {

@@ -92,6 +92,12 @@ pub trait Bus: Send + Sync + 'static {
         timeout: std::time::Duration,
     ) -> BusFuture<'_, Bytes>;
 
+    /// Returns a receiver that changes each time the connection was
+    /// re-established or messages were dropped for a slow consumer:
+    /// subscribers that keep state derived from messages resynchronize
+    /// then. The in-process bus never changes it.
+    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64>;
+
     /// Waits until everything published so far has left this process.
     fn flush(&self) -> BusFuture<'_, ()>;
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
+    reconnects: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// Connection settings of the NATS bus.
@@ -32,17 +33,28 @@ pub struct NatsConfig {
 impl NatsBus {
     /// Connects to NATS. Fails if no server answers within the timeout.
     pub async fn connect(cfg: &NatsConfig) -> Result<Self, BusError> {
+        let reconnects = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
+        let events = reconnects.clone();
         let client = async_nats::ConnectOptions::new()
             .name(&cfg.connection_name)
             .subscription_capacity(cfg.subscription_capacity.max(1))
             .connection_timeout(cfg.connect_timeout)
-            .event_callback(|ev| async move {
-                tracing::info!(event = %ev, "nats connection event");
+            .event_callback(move |ev| {
+                let events = events.clone();
+                async move {
+                    tracing::info!(event = %ev, "nats connection event");
+                    if matches!(
+                        ev,
+                        async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                    ) {
+                        events.send_modify(|n| *n += 1);
+                    }
+                }
             })
             .connect(cfg.url.as_str())
             .await
             .map_err(|e| BusError::Unavailable(format!("connect to {}: {e}", cfg.url)))?;
-        Ok(Self { client })
+        Ok(Self { client, reconnects })
     }
 
     /// Returns the underlying client (for JetStream use by services).
@@ -116,6 +128,10 @@ impl Bus for NatsBus {
                 ))),
             }
         })
+    }
+
+    fn reconnects(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.reconnects.subscribe()
     }
 
     fn flush(&self) -> BusFuture<'_, ()> {

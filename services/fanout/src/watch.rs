@@ -84,10 +84,26 @@ pub struct Hub {
     inner: Arc<HubInner>,
 }
 
-#[derive(Default)]
 struct HubInner {
     interest: std::sync::RwLock<HashMap<Key, Watchers>>,
     next_id: AtomicU64,
+    resync: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for HubInner {
+    fn default() -> Self {
+        Self {
+            interest: std::sync::RwLock::new(HashMap::new()),
+            next_id: AtomicU64::new(0),
+            resync: tokio::sync::watch::channel(0).0,
+        }
+    }
+}
+
+/// What [`Hub::run`] consumes: presence changes and reconnections.
+pub struct HubFeed {
+    sub: BusSubscription,
+    reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
 /// Unregisters a stream's interest when dropped.
@@ -159,16 +175,37 @@ impl Hub {
         }
     }
 
-    /// Subscribes to every presence change (`presence.v1.out.>`).
-    pub async fn subscribe(bus: &SharedBus) -> ApiResult<BusSubscription> {
-        Ok(bus.subscribe(format!("{}.out.>", subjects::PREFIX)).await?)
+    /// Subscribes to every presence change (`presence.v1.out.>`) and to
+    /// the bus's reconnections.
+    pub async fn subscribe(bus: &SharedBus) -> ApiResult<HubFeed> {
+        Ok(HubFeed {
+            sub: bus.subscribe(format!("{}.out.>", subjects::PREFIX)).await?,
+            reconnects: bus.reconnects(),
+        })
     }
 
-    /// Feeds mailboxes from `sub` until `shutdown`.
-    pub async fn run(self, mut sub: BusSubscription, shutdown: CancellationToken) {
+    /// Returns a receiver that changes when streams must re-read the
+    /// states of their targets (changes may have been lost).
+    pub fn resyncs(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.resync.subscribe()
+    }
+
+    /// Feeds mailboxes until `shutdown`; after a reconnection, tells
+    /// every stream to resynchronize.
+    pub async fn run(self, feed: HubFeed, shutdown: CancellationToken) {
+        let HubFeed {
+            mut sub,
+            mut reconnects,
+        } = feed;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                r = reconnects.changed() => {
+                    if r.is_ok() {
+                        tracing::info!("bus reconnected: streams resynchronize");
+                        self.inner.resync.send_modify(|n| *n += 1);
+                    }
+                }
                 m = sub.next() => match m {
                     None => return,
                     Some(m) => match v1::PresenceState::decode(m.payload) {
@@ -305,6 +342,7 @@ pub async fn run_stream(
     // Register before the snapshot so no change falls between the two.
     let _reg = hub.register(spec.domain.as_str(), &spec.targets, mailbox.clone());
     let mut changes = acl.changes();
+    let mut resyncs = hub.resyncs();
     let mut last_sent: HashMap<String, u64> = spec.known.clone();
     // caller id visibility per allowed target; absent = denied.
     let mut allowed: HashMap<String, bool> = HashMap::new();
@@ -425,6 +463,25 @@ pub async fn run_stream(
                         if !send(E::State(state_to_proto(spec.domain.as_str(), t, &a, caller_id))).await {
                             return;
                         }
+                    }
+                }
+            }
+            r = resyncs.changed() => {
+                if r.is_err() {
+                    return;
+                }
+                // Changes may have been lost: re-read every permitted
+                // target and send what is newer than what was sent.
+                let targets: Vec<String> = spec.targets.iter().filter(|t| allowed.contains_key(*t)).cloned().collect();
+                let Ok(states) = fanout.states(&spec.domain, &targets).await else { continue };
+                for (t, a) in targets.iter().zip(states) {
+                    if last_sent.get(t).is_some_and(|v| *v >= a.version) {
+                        continue;
+                    }
+                    last_sent.insert(t.clone(), a.version);
+                    let caller_id = allowed.get(t).copied().unwrap_or(false);
+                    if !send(E::State(state_to_proto(spec.domain.as_str(), t, &a, caller_id))).await {
+                        return;
                     }
                 }
             }

@@ -28,6 +28,12 @@ use tokio_util::sync::CancellationToken;
 
 type Key = (Arc<str>, u64, Arc<str>, Arc<str>, bool);
 
+/// What [`AclView::run`] consumes: ACL events and reconnections.
+pub struct AclFeed {
+    sub: BusSubscription,
+    reconnects: tokio::sync::watch::Receiver<u64>,
+}
+
 /// A cached decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cached {
@@ -219,19 +225,45 @@ impl AclView {
                 .is_some_and(|e| *e >= epoch)
     }
 
-    /// Subscribes to the ACL events of every domain; pass the result to
-    /// [`AclView::run`]. Subscribing first means no event published after
-    /// this returns can be missed.
-    pub async fn subscribe(bus: &SharedBus) -> ApiResult<BusSubscription> {
-        Ok(bus.subscribe(subjects::acl_all()).await?)
+    /// Subscribes to the ACL events of every domain and to the bus's
+    /// reconnections; pass the result to [`AclView::run`]. Subscribing
+    /// first means no event published after this returns can be missed.
+    pub async fn subscribe(bus: &SharedBus) -> ApiResult<AclFeed> {
+        Ok(AclFeed {
+            sub: bus.subscribe(subjects::acl_all()).await?,
+            reconnects: bus.reconnects(),
+        })
+    }
+
+    /// Forgets every cached decision and every local epoch, then wakes
+    /// live streams to re-check: used when ACL events may have been lost
+    /// (reconnection, slow consumer).
+    pub fn reset(&self) {
+        self.inner.cache.invalidate_all();
+        match self.inner.epochs.write() {
+            Ok(mut g) => g.clear(),
+            Err(p) => p.into_inner().clear(),
+        }
+        metrics::counter!("presence_acl_resets_total").increment(1);
+        self.inner.applied.send_modify(|n| *n += 1);
     }
 
     /// Applies ACL events from `sub` until `shutdown` or the end of the
     /// subscription.
-    pub async fn run(self, mut sub: BusSubscription, shutdown: CancellationToken) {
+    pub async fn run(self, feed: AclFeed, shutdown: CancellationToken) {
+        let AclFeed {
+            mut sub,
+            mut reconnects,
+        } = feed;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                r = reconnects.changed() => {
+                    if r.is_ok() {
+                        tracing::info!("bus reconnected: acl cache reset");
+                        self.reset();
+                    }
+                }
                 m = sub.next() => match m {
                     None => return,
                     Some(m) => match v1::AclEvent::decode(m.payload) {
