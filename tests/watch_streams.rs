@@ -10,7 +10,7 @@ use presence_client::PresenceClient;
 use presence_proto::v1::{
     self, Scope, UserKind, device_event::Kind as K, grantee::Kind as G, watch_event::Event as E,
 };
-use presence_tests::{NewUser, Sandbox, assert_code, domain, site, user};
+use presence_tests::{NatsServer, NewUser, Sandbox, assert_code, domain, site, user};
 use std::collections::HashMap;
 use std::time::Duration;
 use tonic::Code;
@@ -102,7 +102,12 @@ struct World {
 }
 
 async fn world() -> World {
-    let sb = Sandbox::start().await;
+    world_with("").await
+}
+
+/// The same world over a real nats-server when `nats_url` is set.
+async fn world_with(nats_url: &str) -> World {
+    let sb = Sandbox::start_with(nats_url).await;
     let mut a = sb.admin.clone();
     domain(&mut a, "acme").await;
     site(&mut a, "acme", "hq").await;
@@ -244,7 +249,17 @@ async fn follow(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_seed_scenario_console_and_phones_through_a_call() {
-    let World { sb, mut pbx } = world().await;
+    seed_scenario("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_seed_scenario_over_real_nats() {
+    let nats = NatsServer::start();
+    seed_scenario(nats.url()).await;
+}
+
+async fn seed_scenario(nats_url: &str) {
+    let World { sb, mut pbx } = world_with(nats_url).await;
     let mut sup = sb.login("acme", "sup", PW).await;
     let mut recep = sb.login("acme", "recep", PW).await;
     let mut seer = sb.login("acme", "seer", PW).await;
@@ -452,4 +467,77 @@ async fn test_watch_bad_requests() {
         })
         .await;
     assert_code(r.map(|_| ()), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn test_gateway_watches_on_behalf_of_phones() {
+    let World { sb, .. } = world().await;
+    let mut a = sb.admin.clone();
+    let token = |rights: Vec<&str>| v1::IssueTokenRequest {
+        subject: Some(v1::issue_token_request::Subject::Service(
+            v1::ServicePrincipal {
+                name: "gateway".into(),
+                domains: vec!["acme".into()],
+                rights: rights.into_iter().map(String::from).collect(),
+            },
+        )),
+        ttl_seconds: 600,
+    };
+    let gw = a
+        .auth
+        .issue_token(token(vec!["presence.watch"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut gw = sb.client(Some(&gw)).await;
+    let on_behalf = |watcher: &str| v1::WatchRequest {
+        domain: "acme".into(),
+        watcher: watcher.into(),
+        selector: targets(&["a1"]),
+        ..Default::default()
+    };
+    // Many streams over one connection, each filtered for its watcher.
+    let mut as_recep = gw
+        .presence
+        .watch(on_behalf("recep"))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut as_stranger = gw
+        .presence
+        .watch(on_behalf("stranger"))
+        .await
+        .unwrap()
+        .into_inner();
+    let (states, denied) = snapshot(&mut as_recep).await;
+    assert!(states.contains_key("a1") && denied.is_empty());
+    let (states, denied) = snapshot(&mut as_stranger).await;
+    assert!(states.is_empty());
+    assert_eq!(denied, vec!["a1".to_string()]);
+    // A service must name the watcher, and needs presence.watch.
+    assert_code(
+        gw.presence.watch(on_behalf("")).await.map(|_| ()),
+        Code::InvalidArgument,
+    );
+    assert_code(
+        gw.presence.watch(on_behalf("ghost")).await.map(|_| ()),
+        Code::NotFound,
+    );
+    let publisher = a
+        .auth
+        .issue_token(token(vec!["presence.publish"]))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut publisher = sb.client(Some(&publisher)).await;
+    assert_code(
+        publisher
+            .presence
+            .watch(on_behalf("recep"))
+            .await
+            .map(|_| ()),
+        Code::PermissionDenied,
+    );
 }

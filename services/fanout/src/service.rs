@@ -36,6 +36,8 @@ pub struct FanoutConfig {
     pub limits: Limits,
     /// Watch stream limits.
     pub watch: crate::watch::WatchConfig,
+    /// Publish rate allowed per device.
+    pub device_rate: shard::RateLimit,
 }
 
 impl Default for FanoutConfig {
@@ -47,6 +49,7 @@ impl Default for FanoutConfig {
             max_targets: 5000,
             limits: Limits::default(),
             watch: crate::watch::WatchConfig::default(),
+            device_rate: shard::RateLimit::default(),
         }
     }
 }
@@ -117,6 +120,7 @@ impl Fanout {
                     i,
                     cfg.shard_inbox,
                     cfg.limits,
+                    cfg.device_rate,
                     bus.clone(),
                     clock,
                     shutdown.clone(),

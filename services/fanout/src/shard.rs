@@ -17,6 +17,30 @@ use tokio_util::sync::CancellationToken;
 /// A user of a domain.
 pub type UserKey = (DomainId, UserId);
 
+/// Publish rate allowed per device: a token bucket.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    /// Sustained events per second.
+    pub per_second: u32,
+    /// Events allowed in a burst.
+    pub burst: u32,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            per_second: 50,
+            burst: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at_ms: i64,
+}
+
 /// Wall-clock milliseconds derived from tokio's clock, so that tests
 /// with paused time control expiry.
 #[derive(Debug, Clone, Copy)]
@@ -100,6 +124,8 @@ impl ShardHandle {
 
 struct Shard {
     id: usize,
+    rate: RateLimit,
+    buckets: HashMap<(UserKey, String), Bucket>,
     users: HashMap<UserKey, UserPresence>,
     deadlines: BTreeSet<(i64, UserKey)>,
     deadline_of: HashMap<UserKey, i64>,
@@ -134,6 +160,27 @@ impl Shard {
         }
     }
 
+    /// Takes a token from the device's bucket.
+    fn admit(&mut self, key: &UserKey, device: &str, now: i64) -> bool {
+        let burst = f64::from(self.rate.burst.max(1));
+        let rate = f64::from(self.rate.per_second) / 1000.0;
+        let b = self
+            .buckets
+            .entry((key.clone(), device.to_owned()))
+            .or_insert(Bucket {
+                tokens: burst,
+                at_ms: now,
+            });
+        b.tokens = (b.tokens + (now - b.at_ms).max(0) as f64 * rate).min(burst);
+        b.at_ms = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
     async fn expire_due(&mut self) {
         let now = self.clock.now_ms();
         while let Some((t, key)) = self.deadlines.first().cloned() {
@@ -158,6 +205,10 @@ impl Shard {
         match cmd {
             Command::Apply { key, event, reply } => {
                 let now = self.clock.now_ms();
+                if !self.admit(&key, &event.device, now) {
+                    let _ = reply.send(Err(Reject::TooMany));
+                    return;
+                }
                 let u = self.users.entry(key.clone()).or_default();
                 let r = u.apply(&event, now, &self.limits);
                 if matches!(r, Ok(true)) {
@@ -183,10 +234,12 @@ impl Shard {
 }
 
 /// Starts a shard actor; it stops when `shutdown` fires.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     id: usize,
     inbox: usize,
     limits: Limits,
+    rate: RateLimit,
     bus: SharedBus,
     clock: Clock,
     shutdown: CancellationToken,
@@ -195,6 +248,8 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::channel(inbox.max(1));
     let mut shard = Shard {
         id,
+        rate,
+        buckets: HashMap::new(),
         users: HashMap::new(),
         deadlines: BTreeSet::new(),
         deadline_of: HashMap::new(),

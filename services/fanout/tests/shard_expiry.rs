@@ -36,6 +36,7 @@ async fn test_ringing_and_registration_expire_on_time() {
         0,
         16,
         limits,
+        shard::RateLimit::default(),
         bus.clone(),
         clock,
         shutdown.clone(),
@@ -125,4 +126,56 @@ fn test_shard_index_is_stable_and_spread() {
         vec![559, 994, 687],
         "FNV-1a of domain NUL user, mod 1024"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn test_publish_rate_per_device_is_limited() {
+    let bus: SharedBus = Arc::new(InProcessBus::new(4096));
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let rate = shard::RateLimit {
+        per_second: 10,
+        burst: 5,
+    };
+    let h = shard::spawn(
+        0,
+        16,
+        Limits::default(),
+        rate,
+        bus,
+        Clock::new(),
+        shutdown.clone(),
+        &tracker,
+    );
+    let key = (
+        DomainId::parse("acme").unwrap(),
+        UserId::parse("1001").unwrap(),
+    );
+    let dnd = |device: &str, seq: u64| Event {
+        device: device.into(),
+        sequence: seq,
+        at_ms: 0,
+        kind: EventKind::DeviceDnd(seq.is_multiple_of(2)),
+    };
+    let mut results = Vec::new();
+    for seq in 1..=7 {
+        results.push(h.apply(key.clone(), dnd("p1", seq)).await.unwrap().is_ok());
+    }
+    assert_eq!(
+        results,
+        vec![true, true, true, true, true, false, false],
+        "a burst of 5, then limited"
+    );
+    // Another device has its own bucket.
+    assert!(h.apply(key.clone(), dnd("p2", 1)).await.unwrap().is_ok());
+    // 100 ms later one token is back (10 per second).
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert!(h.apply(key.clone(), dnd("p1", 8)).await.unwrap().is_ok());
+    assert_eq!(
+        h.apply(key.clone(), dnd("p1", 9)).await.unwrap(),
+        Err(presence_core::presence::Reject::TooMany)
+    );
+    shutdown.cancel();
+    tracker.close();
+    tracker.wait().await;
 }

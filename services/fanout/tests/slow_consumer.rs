@@ -63,14 +63,15 @@ async fn test_never_reading_watcher_is_coalesced_and_slows_nobody() {
     let acl = AclView::new(store.clone(), 10_000);
     let acl_sub = AclView::subscribe(&bus).await.unwrap();
     tracker.spawn(acl.clone().run(acl_sub, shutdown.clone()));
-    let fanout = Fanout::start(
-        FanoutConfig::default(),
-        store.clone(),
-        acl,
-        bus.clone(),
-        &shutdown,
-        &tracker,
-    );
+    // This test is about delivery, not ingest limits.
+    let cfg = FanoutConfig {
+        device_rate: presence_fanout::shard::RateLimit {
+            per_second: 1_000_000,
+            burst: 1_000_000,
+        },
+        ..FanoutConfig::default()
+    };
+    let fanout = Fanout::start(cfg, store.clone(), acl, bus.clone(), &shutdown, &tracker);
     let hub_sub = Hub::subscribe(&bus).await.unwrap();
     tracker.spawn(fanout.hub().run(hub_sub, shutdown.clone()));
 

@@ -341,6 +341,47 @@ async fn test_prometheus_metrics_endpoint() {
         })
         .await;
     assert_eq!(r.unwrap_err().code(), tonic::Code::Unauthenticated);
+    // Fanout counters: one applied event, one for an unknown user.
+    let mut admin = connect(&url, Some(&token(tmp.path()))).await.unwrap();
+    admin
+        .directory
+        .create_domain(v1::CreateDomainRequest {
+            id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .directory
+        .create_user(v1::CreateUserRequest {
+            domain: "acme".into(),
+            id: "1001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let reg = |user: &str| v1::DeviceEvent {
+        domain: "acme".into(),
+        user: user.into(),
+        device: "d1".into(),
+        sequence: 1,
+        at_ms: 0,
+        kind: Some(v1::device_event::Kind::Registration(v1::Registration {
+            expires_seconds: 60,
+        })),
+    };
+    let r = admin
+        .presence
+        .publish(v1::PublishRequest {
+            events: vec![reg("1001"), reg("ghost")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.results.iter().map(|x| x.accepted).collect::<Vec<_>>(),
+        vec![true, false]
+    );
     let mut s = std::net::TcpStream::connect(&metrics).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
         .unwrap();
