@@ -42,6 +42,22 @@ pub struct Config {
     /// Write the bound gRPC address to this file once serving (readiness
     /// signal for scripts and tests); empty disables.
     pub ready_file: String,
+    /// Number of fanout shard actors.
+    pub shards: usize,
+    /// A ringing call without news expires after this many seconds.
+    pub ring_timeout_secs: u64,
+    /// Most targets in one watch stream.
+    pub watch_max_targets: usize,
+    /// Most open watch streams per principal.
+    pub max_streams_per_principal: usize,
+    /// Default heartbeat interval of watch streams, seconds.
+    pub heartbeat_secs: u64,
+    /// Sustained events per second allowed per device.
+    pub device_rate_per_second: u32,
+    /// Burst of events allowed per device.
+    pub device_rate_burst: u32,
+    /// Most access decisions cached by the ACL view.
+    pub acl_cache_capacity: u64,
 }
 
 impl Default for Config {
@@ -59,6 +75,14 @@ impl Default for Config {
             bus_capacity: 4096,
             shutdown_grace_secs: 10,
             ready_file: String::new(),
+            shards: 8,
+            ring_timeout_secs: 120,
+            watch_max_targets: 5000,
+            max_streams_per_principal: 100,
+            heartbeat_secs: 30,
+            device_rate_per_second: 50,
+            device_rate_burst: 200,
+            acl_cache_capacity: 1_000_000,
         }
     }
 }
@@ -77,6 +101,14 @@ pub const ENV_KEYS: &[&str] = &[
     "bus_capacity",
     "shutdown_grace_secs",
     "ready_file",
+    "shards",
+    "ring_timeout_secs",
+    "watch_max_targets",
+    "max_streams_per_principal",
+    "heartbeat_secs",
+    "device_rate_per_second",
+    "device_rate_burst",
+    "acl_cache_capacity",
 ];
 
 /// Values given as command-line flags; unset ones do not override.
@@ -182,6 +214,41 @@ impl Config {
         if self.bus_capacity == 0 || self.bus_capacity > 1 << 20 {
             return Err(ConfigError("bus_capacity must be 1..=1048576".into()));
         }
+        let ranges: [(&str, u64, u64, u64); 8] = [
+            ("shards", self.shards as u64, 1, 4096),
+            ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
+            (
+                "watch_max_targets",
+                self.watch_max_targets as u64,
+                1,
+                100_000,
+            ),
+            (
+                "max_streams_per_principal",
+                self.max_streams_per_principal as u64,
+                1,
+                1_000_000,
+            ),
+            ("heartbeat_secs", self.heartbeat_secs, 1, 3600),
+            (
+                "device_rate_per_second",
+                u64::from(self.device_rate_per_second),
+                1,
+                1_000_000,
+            ),
+            (
+                "device_rate_burst",
+                u64::from(self.device_rate_burst),
+                1,
+                1_000_000,
+            ),
+            ("acl_cache_capacity", self.acl_cache_capacity, 1, 1 << 32),
+        ];
+        for (name, v, lo, hi) in ranges {
+            if v < lo || v > hi {
+                return Err(ConfigError(format!("{name} must be {lo}..={hi}, got {v}")));
+            }
+        }
         Ok(())
     }
 
@@ -245,6 +312,18 @@ mod tests {
             },
             Config {
                 session_ttl_secs: 1,
+                ..Config::default()
+            },
+            Config {
+                shards: 0,
+                ..Config::default()
+            },
+            Config {
+                ring_timeout_secs: 1,
+                ..Config::default()
+            },
+            Config {
+                device_rate_burst: 0,
                 ..Config::default()
             },
         ];

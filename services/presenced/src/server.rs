@@ -235,7 +235,7 @@ impl Server {
         }
         let fanout_role = self.cfg.has_role("fanout");
         let fanout = if fanout_role {
-            let acl = AclView::new(self.policy.store().clone(), 1_000_000);
+            let acl = AclView::new(self.policy.store().clone(), self.cfg.acl_cache_capacity);
             let acl_sub = AclView::subscribe(&self.bus)
                 .await
                 .map_err(|e| anyhow::anyhow!("acl view: {e}"))?;
@@ -244,7 +244,7 @@ impl Server {
                 tracing::info_span!("acl_view"),
             ));
             let fanout = Fanout::start(
-                FanoutConfig::default(),
+                self.fanout_config(),
                 self.policy.store().clone(),
                 acl,
                 self.bus.clone(),
@@ -318,6 +318,25 @@ impl Server {
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+impl Server {
+    fn fanout_config(&self) -> FanoutConfig {
+        let c = &self.cfg;
+        let mut f = FanoutConfig {
+            shards: c.shards,
+            ..FanoutConfig::default()
+        };
+        f.limits.ring_timeout_ms = (c.ring_timeout_secs * 1000) as i64;
+        f.watch.max_targets = c.watch_max_targets;
+        f.watch.max_streams_per_principal = c.max_streams_per_principal;
+        f.watch.heartbeat = Duration::from_secs(c.heartbeat_secs);
+        f.device_rate = presence_fanout::shard::RateLimit {
+            per_second: c.device_rate_per_second,
+            burst: c.device_rate_burst,
+        };
+        f
     }
 }
 
