@@ -298,6 +298,29 @@ impl Policy {
         self.dir.store()
     }
 
+    /// Reads something that belongs to `user` after checking that the
+    /// caller may read it (the user itself, its managers, readers).
+    async fn read_for<T: Send + 'static>(
+        &self,
+        p: &Principal,
+        domain: &str,
+        user: &str,
+        what: &'static str,
+        f: impl FnOnce(&Store, &DomainId, &UserId) -> ApiResult<T> + Send + 'static,
+    ) -> ApiResult<T> {
+        let d = DomainId::parse(domain)?;
+        let u = UserId::parse(user)?;
+        let r = prole(p, &d)?;
+        self.dir
+            .read(move |s| {
+                s.domain(&d)?;
+                let record = s.user(&d, &u)?;
+                require_subject(&r, &record, false, what)?;
+                f(s, &d, &u)
+            })
+            .await
+    }
+
     // ---- settings ---------------------------------------------------------
 
     /// Returns a user's presence settings (defaults when never saved).
@@ -306,17 +329,14 @@ impl Policy {
         p: &Principal,
         req: v1::GetPresenceSettingsRequest,
     ) -> ApiResult<v1::PresenceSettings> {
-        let d = DomainId::parse(&req.domain)?;
-        let u = UserId::parse(&req.user)?;
-        let r = prole(p, &d)?;
-        self.dir
-            .read(move |s| {
-                s.domain(&d)?;
-                let user = s.user(&d, &u)?;
-                require_subject(&r, &user, false, "read presence settings")?;
-                records::settings(s, &d, u.as_str())
-            })
-            .await
+        self.read_for(
+            p,
+            &req.domain,
+            &req.user,
+            "read presence settings",
+            |s, d, u| records::settings(s, d, u.as_str()),
+        )
+        .await
     }
 
     /// Updates a user's presence settings.
@@ -385,17 +405,10 @@ impl Policy {
         p: &Principal,
         req: v1::ListGrantsRequest,
     ) -> ApiResult<v1::Grants> {
-        let d = DomainId::parse(&req.domain)?;
-        let t = UserId::parse(&req.target)?;
-        let r = prole(p, &d)?;
-        self.dir
-            .read(move |s| {
-                s.domain(&d)?;
-                let user = s.user(&d, &t)?;
-                require_subject(&r, &user, false, "read grants")?;
-                records::grants(s, &d, t.as_str())
-            })
-            .await
+        self.read_for(p, &req.domain, &req.target, "read grants", |s, d, t| {
+            records::grants(s, d, t.as_str())
+        })
+        .await
     }
 
     /// Replaces a target's see and pickup lists (the admin page's Save).
@@ -759,18 +772,15 @@ impl Policy {
         p: &Principal,
         req: v1::GetMonitoredLinesRequest,
     ) -> ApiResult<v1::MonitoredLines> {
-        let d = DomainId::parse(&req.domain)?;
-        let w = UserId::parse(&req.watcher)?;
-        let r = prole(p, &d)?;
         let max = self.cfg.max_lines;
-        self.dir
-            .read(move |s| {
-                s.domain(&d)?;
-                let wu = s.user(&d, &w)?;
-                require_subject(&r, &wu, false, "read monitored lines")?;
-                monitored_lines(s, &d, &w, max)
-            })
-            .await
+        self.read_for(
+            p,
+            &req.domain,
+            &req.watcher,
+            "read monitored lines",
+            move |s, d, w| monitored_lines(s, d, w, max),
+        )
+        .await
     }
 
     /// Saves the watcher's ordered monitored lines. The watcher's own
