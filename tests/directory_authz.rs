@@ -531,36 +531,10 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
 async fn test_authorization_matrix() {
     let sb = Sandbox::start().await;
     let mut clients = setup(&sb).await;
-    let mut failures = Vec::new();
-    for (op, row) in MATRIX {
-        let expected: Vec<&str> = row.split_whitespace().collect();
-        assert_eq!(expected.len(), PRINCIPALS.len(), "row {op}");
-        for (i, want) in expected.iter().enumerate() {
-            let got = match call(op, i, &mut clients[i]).await {
-                Ok(()) => "ok",
-                Err(s) => match s.code() {
-                    Code::PermissionDenied => "PD",
-                    Code::NotFound => "NF",
-                    Code::Unauthenticated => "UA",
-                    _ => {
-                        failures.push(format!(
-                            "{op} as {}: unexpected {:?}: {}",
-                            PRINCIPALS[i],
-                            s.code(),
-                            s.message()
-                        ));
-                        continue;
-                    }
-                },
-            };
-            if got != *want {
-                failures.push(format!(
-                    "{op} as {}: expected {want}, got {got}",
-                    PRINCIPALS[i]
-                ));
-            }
-        }
-    }
+    let failures = presence_tests::check_matrix(PRINCIPALS, MATRIX, &mut clients, |op, i, c| {
+        Box::pin(call(op, i, c))
+    })
+    .await;
     assert!(
         failures.is_empty(),
         "authorization matrix mismatches:\n{}",

@@ -214,3 +214,53 @@ pub fn assert_code<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: tonic:
         }
     }
 }
+
+/// A boxed future borrowing a client, for [`check_matrix`].
+pub type CallFuture<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), tonic::Status>> + Send + 'a>>;
+
+/// Runs an authorization matrix: for each row (operation, expected
+/// outcome per principal: `ok`, `PD`, `NF`, `UA`), calls `call(op, i,
+/// client_i)` and returns every mismatch as a sentence.
+pub async fn check_matrix<F>(
+    principals: &[&str],
+    matrix: &[(&'static str, &'static str)],
+    clients: &mut [PresenceClient],
+    mut call: F,
+) -> Vec<String>
+where
+    F: for<'a> FnMut(&'static str, usize, &'a mut PresenceClient) -> CallFuture<'a>,
+{
+    use tonic::Code;
+    let mut failures = Vec::new();
+    for (op, row) in matrix {
+        let expected: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(expected.len(), principals.len(), "row {op}");
+        for (i, want) in expected.iter().enumerate() {
+            let got = match call(op, i, &mut clients[i]).await {
+                Ok(()) => "ok",
+                Err(s) => match s.code() {
+                    Code::PermissionDenied => "PD",
+                    Code::NotFound => "NF",
+                    Code::Unauthenticated => "UA",
+                    _ => {
+                        failures.push(format!(
+                            "{op} as {}: unexpected {:?}: {}",
+                            principals[i],
+                            s.code(),
+                            s.message()
+                        ));
+                        continue;
+                    }
+                },
+            };
+            if got != *want {
+                failures.push(format!(
+                    "{op} as {}: expected {want}, got {got}",
+                    principals[i]
+                ));
+            }
+        }
+    }
+    failures
+}
