@@ -343,6 +343,9 @@ pub async fn run_stream(
     let _reg = hub.register(spec.domain.as_str(), &spec.targets, mailbox.clone());
     let mut changes = acl.changes();
     let mut resyncs = hub.resyncs();
+    // The domain's policy epoch read before the current decisions were
+    // made (decisions reflect at least that epoch).
+    let mut seen_epoch: Option<u64> = acl.epoch(&spec.domain);
     let mut last_sent: HashMap<String, u64> = spec.known.clone();
     // caller id visibility per allowed target; absent = denied.
     let mut allowed: HashMap<String, bool> = HashMap::new();
@@ -425,6 +428,12 @@ pub async fn run_stream(
                 if r.is_err() {
                     return;
                 }
+                // Events of other domains do not concern this stream; a
+                // reset (epoch forgotten) always does.
+                let epoch = acl.epoch(&spec.domain);
+                if epoch.is_some() && epoch == seen_epoch {
+                    continue;
+                }
                 let decisions = match acl.check(&spec.domain, &spec.watcher, &spec.targets, Question::See).await {
                     Ok(d) => d,
                     Err(e) => {
@@ -432,6 +441,9 @@ pub async fn run_stream(
                         return;
                     }
                 };
+                // The epoch read before the check: an event applied while
+                // it ran triggers another check.
+                seen_epoch = epoch;
                 let mut granted = Vec::new();
                 for dec in decisions {
                     let was = allowed.contains_key(&dec.target);
