@@ -146,44 +146,11 @@ async fn setup(sb: &Sandbox) -> Vec<PresenceClient> {
             .await
             .unwrap();
     }
-    let issue = |subject| v1::IssueTokenRequest {
-        subject: Some(subject),
-        ttl_seconds: 3600,
-    };
-    let svc = |name: &str, right: &str| {
-        v1::issue_token_request::Subject::Service(v1::ServicePrincipal {
-            name: name.into(),
-            domains: vec!["acme".into()],
-            rights: vec![right.into()],
-        })
-    };
-    let reader = a
-        .auth
-        .issue_token(issue(svc("reader", "directory.read")))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let outsider = a
-        .auth
-        .issue_token(issue(svc("pbx", "presence.publish")))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
-    let phone = a
-        .auth
-        .issue_token(issue(v1::issue_token_request::Subject::Phone(
-            v1::PhonePrincipal {
-                domain: "acme".into(),
-                user: String::new(),
-                mac: "00:04:f2:00:01:00".into(),
-            },
-        )))
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let reader =
+        presence_tests::service_token(&mut a, "reader", &["acme"], &["directory.read"]).await;
+    let outsider =
+        presence_tests::service_token(&mut a, "pbx", &["acme"], &["presence.publish"]).await;
+    let phone = presence_tests::phone_token(&mut a, "acme", "00:04:f2:00:01:00").await;
     vec![
         a.clone(),
         sb.login("acme", "om", PW).await,

@@ -90,22 +90,13 @@ async fn test_broker_reconnects_and_watchers_converge() {
         })
         .await
         .unwrap();
-    let pbx_token = a
-        .auth
-        .issue_token(v1::IssueTokenRequest {
-            subject: Some(v1::issue_token_request::Subject::Service(
-                v1::ServicePrincipal {
-                    name: "pbx".into(),
-                    domains: vec!["acme".into()],
-                    rights: vec!["presence.publish".into(), "presence.watch".into()],
-                },
-            )),
-            ttl_seconds: 600,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let pbx_token = presence_tests::service_token(
+        &mut a,
+        "pbx",
+        &["acme"],
+        &["presence.publish", "presence.watch"],
+    )
+    .await;
     let mut pbx = sb.client(Some(&pbx_token)).await;
     let mut w = sb.login("acme", "w", PW).await;
     let mut s = w

@@ -85,39 +85,12 @@ async fn setup(sb: &Sandbox) -> Vec<PresenceClient> {
         })
         .await
         .unwrap();
-    let issue = |subject| v1::IssueTokenRequest {
-        subject: Some(subject),
-        ttl_seconds: 3600,
-    };
-    let svc = |right: &str| {
-        v1::issue_token_request::Subject::Service(v1::ServicePrincipal {
-            name: right.into(),
-            domains: vec!["acme".into()],
-            rights: vec![right.into()],
-        })
-    };
-    let token = |subject| {
-        let mut a = a.clone();
-        async move {
-            a.auth
-                .issue_token(issue(subject))
-                .await
-                .unwrap()
-                .into_inner()
-                .token
-        }
-    };
-    let reader = token(svc("policy.read")).await;
-    let writer = token(svc("policy.write")).await;
-    let outsider = token(svc("directory.read")).await;
-    let phone = token(v1::issue_token_request::Subject::Phone(
-        v1::PhonePrincipal {
-            domain: "acme".into(),
-            user: String::new(),
-            mac: "0004f2000100".into(),
-        },
-    ))
-    .await;
+    let reader = presence_tests::service_token(&mut a, "reader", &["acme"], &["policy.read"]).await;
+    let writer =
+        presence_tests::service_token(&mut a, "writer", &["acme"], &["policy.write"]).await;
+    let outsider =
+        presence_tests::service_token(&mut a, "outsider", &["acme"], &["directory.read"]).await;
+    let phone = presence_tests::phone_token(&mut a, "acme", "0004f2000100").await;
     vec![
         a.clone(),
         sb.login("acme", "om", PW).await,

@@ -89,22 +89,7 @@ async fn setup(sb: &Sandbox) -> (PresenceClient, String) {
         })
         .await
         .unwrap();
-    let pbx = a
-        .auth
-        .issue_token(v1::IssueTokenRequest {
-            subject: Some(v1::issue_token_request::Subject::Service(
-                v1::ServicePrincipal {
-                    name: "pbx".into(),
-                    domains: vec!["acme".into()],
-                    rights: vec!["presence.publish".into()],
-                },
-            )),
-            ttl_seconds: 3600,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let pbx = presence_tests::service_token(&mut a, "pbx", &["acme"], &["presence.publish"]).await;
     (sb.client(Some(&pbx)).await, pbx)
 }
 
@@ -231,22 +216,7 @@ async fn test_who_may_publish() {
     let sb = Sandbox::start().await;
     let (_pbx, _) = setup(&sb).await;
     let mut a = sb.admin.clone();
-    let phone = a
-        .auth
-        .issue_token(v1::IssueTokenRequest {
-            subject: Some(v1::issue_token_request::Subject::Phone(
-                v1::PhonePrincipal {
-                    domain: "acme".into(),
-                    user: String::new(),
-                    mac: "0004f2000001".into(),
-                },
-            )),
-            ttl_seconds: 600,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let phone = presence_tests::phone_token(&mut a, "acme", "0004f2000001").await;
     let mut phone = sb.client(Some(&phone)).await;
     let r = phone
         .presence
@@ -302,22 +272,13 @@ async fn test_who_may_publish() {
 
     // Another tenant's publisher learns nothing about acme's users.
     domain(&mut a, "globex").await;
-    let g = a
-        .auth
-        .issue_token(v1::IssueTokenRequest {
-            subject: Some(v1::issue_token_request::Subject::Service(
-                v1::ServicePrincipal {
-                    name: "gpbx".into(),
-                    domains: vec!["globex".into()],
-                    rights: vec!["presence.publish".into(), "presence.watch".into()],
-                },
-            )),
-            ttl_seconds: 600,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let g = presence_tests::service_token(
+        &mut a,
+        "gpbx",
+        &["globex"],
+        &["presence.publish", "presence.watch"],
+    )
+    .await;
     let mut g = sb.client(Some(&g)).await;
     let r = g
         .presence

@@ -167,22 +167,7 @@ async fn world_with(nats_url: &str) -> World {
         })
         .await
         .unwrap();
-    let pbx = a
-        .auth
-        .issue_token(v1::IssueTokenRequest {
-            subject: Some(v1::issue_token_request::Subject::Service(
-                v1::ServicePrincipal {
-                    name: "pbx".into(),
-                    domains: vec!["acme".into()],
-                    rights: vec!["presence.publish".into()],
-                },
-            )),
-            ttl_seconds: 3600,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token;
+    let pbx = presence_tests::service_token(&mut a, "pbx", &["acme"], &["presence.publish"]).await;
     let mut pbx = sb.client(Some(&pbx)).await;
     let r = pbx
         .presence

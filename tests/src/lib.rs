@@ -264,3 +264,48 @@ where
     }
     failures
 }
+
+/// Issues a service token with `rights` in `domains` (using `admin`).
+pub async fn service_token(
+    admin: &mut PresenceClient,
+    name: &str,
+    domains: &[&str],
+    rights: &[&str],
+) -> String {
+    admin
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: name.into(),
+                    domains: domains.iter().map(|d| d.to_string()).collect(),
+                    rights: rights.iter().map(|r| r.to_string()).collect(),
+                },
+            )),
+            ttl_seconds: 3600,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("issue token for {name}: {e}"))
+        .into_inner()
+        .token
+}
+
+/// Issues a token for the phone `mac` of `domain` (using `admin`).
+pub async fn phone_token(admin: &mut PresenceClient, domain: &str, mac: &str) -> String {
+    admin
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Phone(
+                v1::PhonePrincipal {
+                    domain: domain.into(),
+                    user: String::new(),
+                    mac: mac.into(),
+                },
+            )),
+            ttl_seconds: 3600,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("issue phone token for {mac}: {e}"))
+        .into_inner()
+        .token
+}

@@ -26,17 +26,22 @@ fn start(dir: &Path) -> (Proc, String) {
 
 /// Like [`start`], with extra flags.
 fn start_with(dir: &Path, extra: &[&str]) -> (Proc, String) {
-    let ready = dir.join("ready");
-    let _ = std::fs::remove_file(&ready);
-    let child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(extra)
-            .arg("--ready-file")
-            .arg(&ready)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+    cmd.arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .args(extra);
+    spawn_ready(cmd, &dir.join("ready"))
+}
+
+/// Spawns `cmd` with `--ready-file ready` and waits until the server has
+/// written its address there (its readiness signal).
+fn spawn_ready(mut cmd: Command, ready: &Path) -> (Proc, String) {
+    let _ = std::fs::remove_file(ready);
+    let mut child = Proc(
+        cmd.arg("--ready-file")
+            .arg(ready)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -44,11 +49,15 @@ fn start_with(dir: &Path, extra: &[&str]) -> (Proc, String) {
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(addr) = std::fs::read_to_string(&ready)
+        if let Ok(addr) = std::fs::read_to_string(ready)
             && !addr.is_empty()
         {
             return (child, format!("http://{addr}"));
         }
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "presenced exited before it was ready"
+        );
         assert!(Instant::now() < deadline, "presenced did not become ready");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -250,7 +259,7 @@ async fn test_token_issue_command_signs_with_the_data_dir_key() {
 #[tokio::test]
 async fn test_sigterm_shuts_down_cleanly() {
     let tmp = tempfile::tempdir().unwrap();
-    let (mut proc, url) = start(tmp.path());
+    let (proc, url) = start(tmp.path());
     let mut c = connect(&url, Some(&token(tmp.path()))).await.unwrap();
     c.directory
         .create_domain(v1::CreateDomainRequest {
@@ -262,17 +271,17 @@ async fn test_sigterm_shuts_down_cleanly() {
     let pid = proc.0.id().to_string();
     let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(st.success());
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = proc.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "presenced did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = tokio::time::timeout(
+        Duration::from_secs(20),
+        tokio::task::spawn_blocking(move || {
+            let mut proc = proc;
+            proc.0.wait()
+        }),
+    )
+    .await
+    .expect("presenced did not exit within 20s of SIGTERM")
+    .unwrap()
+    .unwrap();
     assert!(status.success(), "exit status {status}");
     let (_p, url) = start(tmp.path());
     let mut c = connect(&url, Some(&token(tmp.path()))).await.unwrap();
@@ -287,33 +296,16 @@ async fn test_environment_overrides_file_and_flags_override_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = tmp.path().join("p.toml");
     std::fs::write(&cfg, "listen = \"not-an-address\"\nmetrics_listen = \"\"\n").unwrap();
-    let ready = tmp.path().join("ready");
     // The file's bad listen is overridden by the environment, whose data
     // dir is overridden by the flag.
-    let mut child = Proc(
-        Command::new(env!("CARGO_BIN_EXE_presenced"))
-            .env("PRESENCE_LISTEN", "127.0.0.1:0")
-            .env("PRESENCE_DATA_DIR", tmp.path().join("env-data"))
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--data-dir")
-            .arg(tmp.path().join("flag-data"))
-            .arg("--ready-file")
-            .arg(&ready)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::fs::read_to_string(&ready)
-        .map(|s| s.is_empty())
-        .unwrap_or(true)
-    {
-        assert!(child.0.try_wait().unwrap().is_none(), "presenced exited");
-        assert!(Instant::now() < deadline, "presenced did not become ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+    cmd.env("PRESENCE_LISTEN", "127.0.0.1:0")
+        .env("PRESENCE_DATA_DIR", tmp.path().join("env-data"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--data-dir")
+        .arg(tmp.path().join("flag-data"));
+    let (_child, _url) = spawn_ready(cmd, &tmp.path().join("ready"));
     assert!(tmp.path().join("flag-data/bootstrap-admin.token").exists());
     assert!(!tmp.path().join("env-data").exists());
 }
