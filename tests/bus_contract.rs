@@ -143,6 +143,54 @@ async fn contract(bus: SharedBus) {
         "{r:?}"
     );
 
+    // A group spans literal and wildcard members: still one delivery.
+    let mut g1 = bus
+        .queue_subscribe("t.mix.a".into(), "mix".into())
+        .await
+        .unwrap();
+    let mut g2 = bus
+        .queue_subscribe("t.mix.*".into(), "mix".into())
+        .await
+        .unwrap();
+    bus.flush().await.unwrap();
+    for _ in 0..20 {
+        publish(&bus, "t.mix.a", "m").await;
+    }
+    publish(&bus, "t.mix.b", "end").await;
+    let (mut n1, mut n2) = (0, 0);
+    loop {
+        tokio::select! {
+            _ = next(&mut g1) => n1 += 1,
+            m = next(&mut g2) => {
+                if m.payload.as_ref() == b"end" {
+                    break;
+                }
+                n2 += 1;
+            }
+        }
+    }
+    // Messages to g1 sent before "end" are already in its queue (one
+    // connection delivers in order).
+    while let Some(Some(_)) = futures_util::FutureExt::now_or_never(g1.next()) {
+        n1 += 1;
+    }
+    assert_eq!(n1 + n2, 20, "each message to exactly one group member");
+
+    // A dropped responder no longer answers: the request finds nobody.
+    let gone = bus
+        .queue_subscribe("t.gone".into(), "gone".into())
+        .await
+        .unwrap();
+    drop(gone);
+    bus.flush().await.unwrap();
+    let r = bus
+        .request("t.gone".into(), Bytes::new(), Duration::from_secs(5))
+        .await;
+    assert!(
+        matches!(r, Err(presence_bus::BusError::Unavailable(_))),
+        "{r:?}"
+    );
+
     // Dropping a subscription unsubscribes; publishing still works.
     drop(exact);
     publish(&bus, "t.exact", "after drop").await;

@@ -8,21 +8,64 @@
 use crate::pattern::{matches, valid_pattern, valid_subject};
 use crate::{Bus, BusError, BusFuture, BusMessage, BusSubscription};
 use bytes::Bytes;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 struct Sub {
-    pattern: String,
+    id: u64,
     group: Option<String>,
     tx: mpsc::Sender<BusMessage>,
 }
 
+/// Subscriptions indexed for delivery: literal subjects by hash (the
+/// common case: one subscription per watched target), patterns with
+/// wildcards in a list.
+#[derive(Default)]
+struct Subs {
+    exact: HashMap<String, Vec<Sub>>,
+    wild: Vec<(String, Sub)>,
+}
+
 struct Inner {
     reconnects: tokio::sync::watch::Sender<u64>,
-    subs: Mutex<Vec<Sub>>,
+    subs: Mutex<Subs>,
     capacity: usize,
     round_robin: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subs> {
+        match self.subs.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+/// Removes a subscription when its stream is dropped.
+struct Unsubscribe {
+    inner: std::sync::Weak<Inner>,
+    id: u64,
+    pattern: String,
+}
+
+impl Drop for Unsubscribe {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.upgrade() else {
+            return;
+        };
+        let mut subs = inner.lock();
+        if let Some(v) = subs.exact.get_mut(&self.pattern) {
+            v.retain(|s| s.id != self.id);
+            if v.is_empty() {
+                subs.exact.remove(&self.pattern);
+            }
+        }
+        subs.wild.retain(|(_, s)| s.id != self.id);
+    }
 }
 
 /// A bus that lives inside one process.
@@ -38,9 +81,10 @@ impl InProcessBus {
         Self {
             inner: Arc::new(Inner {
                 reconnects: tokio::sync::watch::channel(0).0,
-                subs: Mutex::new(Vec::new()),
+                subs: Mutex::new(Subs::default()),
                 capacity: capacity.max(1),
                 round_robin: AtomicU64::new(0),
+                next_id: AtomicU64::new(0),
             }),
         }
     }
@@ -53,48 +97,40 @@ impl InProcessBus {
         };
         let mut delivered = 0usize;
         let mut dropped = 0u64;
-        let mut subs = match self.inner.subs.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        subs.retain(|s| !s.tx.is_closed());
-        let mut groups_done: Vec<&str> = Vec::new();
-        for (i, sub) in subs.iter().enumerate() {
-            if !matches(&sub.pattern, &msg.subject) {
-                continue;
+        let subs = self.inner.lock();
+        let matching = subs
+            .exact
+            .get(&msg.subject)
+            .into_iter()
+            .flatten()
+            .chain(
+                subs.wild
+                    .iter()
+                    .filter(|(p, _)| matches(p, &msg.subject))
+                    .map(|(_, s)| s),
+            );
+        let mut send = |s: &Sub| {
+            if s.tx.try_send(msg.clone()).is_err() {
+                dropped += 1;
+            } else {
+                delivered += 1;
             }
-            match &sub.group {
-                None => {
-                    if sub.tx.try_send(msg.clone()).is_err() {
-                        dropped += 1;
-                    } else {
-                        delivered += 1;
-                    }
-                }
-                Some(g) => {
-                    if groups_done.contains(&g.as_str()) {
-                        continue;
-                    }
-                    groups_done.push(g.as_str());
-                    let members: Vec<usize> = subs
-                        .iter()
-                        .enumerate()
-                        .skip(i)
-                        .filter(|(_, s)| {
-                            s.group.as_deref() == Some(g) && matches(&s.pattern, &msg.subject)
-                        })
-                        .map(|(j, _)| j)
-                        .collect();
-                    let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) as usize;
-                    let pick = members[n % members.len()];
-                    if subs[pick].tx.try_send(msg.clone()).is_err() {
-                        dropped += 1;
-                    } else {
-                        delivered += 1;
-                    }
-                }
+        };
+        let mut groups: Vec<(&str, Vec<&Sub>)> = Vec::new();
+        for s in matching {
+            match s.group.as_deref() {
+                None => send(s),
+                Some(g) => match groups.iter_mut().find(|(name, _)| *name == g) {
+                    Some((_, members)) => members.push(s),
+                    None => groups.push((g, vec![s])),
+                },
             }
         }
+        for (_, members) in &groups {
+            let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed) as usize;
+            send(members[n % members.len()]);
+        }
+        drop(groups);
         drop(subs);
         if dropped > 0 {
             metrics::counter!("presence_bus_dropped_total", "bus" => "inprocess")
@@ -108,13 +144,22 @@ impl InProcessBus {
             return Err(BusError::InvalidSubject(pattern));
         }
         let (tx, mut rx) = mpsc::channel(self.inner.capacity);
-        let mut subs = match self.inner.subs.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        subs.push(Sub { pattern, group, tx });
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let sub = Sub { id, group, tx };
+        let mut subs = self.inner.lock();
+        if valid_subject(&pattern) {
+            subs.exact.entry(pattern.clone()).or_default().push(sub);
+        } else {
+            subs.wild.push((pattern.clone(), sub));
+        }
         drop(subs);
+        let guard = Unsubscribe {
+            inner: Arc::downgrade(&self.inner),
+            id,
+            pattern,
+        };
         Ok(Box::pin(futures_util::stream::poll_fn(move |cx| {
+            let _keep = &guard;
             rx.poll_recv(cx)
         })))
     }
