@@ -98,17 +98,12 @@ impl InProcessBus {
         let mut delivered = 0usize;
         let mut dropped = 0u64;
         let subs = self.inner.lock();
-        let matching = subs
-            .exact
-            .get(&msg.subject)
-            .into_iter()
-            .flatten()
-            .chain(
-                subs.wild
-                    .iter()
-                    .filter(|(p, _)| matches(p, &msg.subject))
-                    .map(|(_, s)| s),
-            );
+        let matching = subs.exact.get(&msg.subject).into_iter().flatten().chain(
+            subs.wild
+                .iter()
+                .filter(|(p, _)| matches(p, &msg.subject))
+                .map(|(_, s)| s),
+        );
         let mut send = |s: &Sub| {
             if s.tx.try_send(msg.clone()).is_err() {
                 dropped += 1;

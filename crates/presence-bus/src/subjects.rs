@@ -21,6 +21,11 @@ pub fn ingest_all() -> String {
 
 /// Aggregated presence of one user: `presence.v1.out.<domain>.<user>`.
 pub fn presence_out(domain: &DomainId, user: &UserId) -> String {
+    presence_out_str(domain.as_str(), user.as_str())
+}
+
+/// [`presence_out`] of already validated ids.
+pub fn presence_out_str(domain: &str, user: &str) -> String {
     format!("{PREFIX}.out.{domain}.{user}")
 }
 

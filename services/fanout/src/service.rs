@@ -134,7 +134,7 @@ impl Fanout {
                 store,
                 acl,
                 cfg,
-                hub: Hub::default(),
+                hub: Hub::new(bus.clone(), shutdown.clone(), tracker.clone()),
                 slots: StreamSlots::default(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),

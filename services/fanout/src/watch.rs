@@ -1,8 +1,8 @@
 //! Watch streams.
 //!
-//! The [`Hub`] is the edge of a node: one subscription to
-//! `presence.v1.out.>` feeds the mailboxes of the local streams that
-//! watch each target. A [`Mailbox`] keeps at most one pending state per
+//! The [`Hub`] is the edge of a node: one subscription per watched
+//! target (`presence.v1.out.<domain>.<user>`) feeds the mailboxes of the
+//! local streams that watch it. A [`Mailbox`] keeps at most one pending state per
 //! target (latest version wins), so a stream that stops reading costs
 //! memory bounded by its number of targets and never slows a shard, the
 //! hub or another stream. Each stream task sends a snapshot, then drains
@@ -12,7 +12,7 @@
 use crate::convert::state_to_proto;
 use crate::service::Fanout;
 use futures_util::StreamExt;
-use presence_bus::{BusSubscription, SharedBus, subjects};
+use presence_bus::{SharedBus, subjects};
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
 use presence_policy::{AclView, Question};
 use presence_proto::v1::{self, watch_event::Event as E};
@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 type Key = (String, String);
 
@@ -78,35 +79,41 @@ impl Mailbox {
     }
 }
 
-/// The local edge: which streams watch which targets.
-#[derive(Clone, Default)]
+/// The local edge: which streams watch which targets. Each watched
+/// target has one bus subscription to its aggregated subject
+/// (`presence.v1.out.<domain>.<user>`) while at least one local stream
+/// watches it, so a node receives only the changes its watchers need and
+/// NATS routes interest across the cluster.
+#[derive(Clone)]
 pub struct Hub {
     inner: Arc<HubInner>,
 }
 
+/// One watched target: its local watchers and its subscription.
+struct Topic {
+    watchers: Watchers,
+    /// Stops the target's subscription task.
+    cancel: CancellationToken,
+    /// Becomes true once the subscription is active.
+    ready: tokio::sync::watch::Receiver<bool>,
+}
+
 struct HubInner {
-    interest: std::sync::RwLock<HashMap<Key, Watchers>>,
+    interest: std::sync::RwLock<HashMap<Key, Topic>>,
     next_id: AtomicU64,
     resync: tokio::sync::watch::Sender<u64>,
+    bus: SharedBus,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
 }
 
-impl Default for HubInner {
-    fn default() -> Self {
-        Self {
-            interest: std::sync::RwLock::new(HashMap::new()),
-            next_id: AtomicU64::new(0),
-            resync: tokio::sync::watch::channel(0).0,
-        }
-    }
-}
-
-/// What [`Hub::run`] consumes: presence changes and reconnections.
+/// What [`Hub::run`] consumes: the bus's reconnections.
 pub struct HubFeed {
-    sub: BusSubscription,
     reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
-/// Unregisters a stream's interest when dropped.
+/// Unregisters a stream's interest when dropped; the last watcher of a
+/// target ends its subscription.
 pub struct Registration {
     hub: Hub,
     id: u64,
@@ -120,9 +127,10 @@ impl Drop for Registration {
             Err(e) => e.into_inner(),
         };
         for k in &self.keys {
-            if let Some(v) = map.get_mut(k) {
-                v.retain(|(id, _)| *id != self.id);
-                if v.is_empty() {
+            if let Some(t) = map.get_mut(k) {
+                t.watchers.retain(|(id, _)| *id != self.id);
+                if t.watchers.is_empty() {
+                    t.cancel.cancel();
                     map.remove(k);
                 }
             }
@@ -131,31 +139,106 @@ impl Drop for Registration {
 }
 
 impl Hub {
-    /// Registers `mailbox` for `targets` of `domain`.
-    pub fn register(
+    /// Returns a hub subscribing on `bus`; its subscription tasks are
+    /// tracked by `tracker` and end with `shutdown`.
+    pub fn new(bus: SharedBus, shutdown: CancellationToken, tracker: TaskTracker) -> Self {
+        Self {
+            inner: Arc::new(HubInner {
+                interest: std::sync::RwLock::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                resync: tokio::sync::watch::channel(0).0,
+                bus,
+                shutdown,
+                tracker,
+            }),
+        }
+    }
+
+    /// Registers `mailbox` for `targets` of `domain` and returns once
+    /// every target's subscription is active, so a state read afterwards
+    /// cannot miss a change published in between.
+    pub async fn register(
         &self,
         domain: &str,
         targets: &[String],
         mailbox: Arc<Mailbox>,
-    ) -> Registration {
+    ) -> ApiResult<Registration> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let keys: Vec<Key> = targets
             .iter()
             .map(|t| (domain.to_owned(), t.clone()))
             .collect();
-        let mut map = match self.inner.interest.write() {
-            Ok(g) => g,
-            Err(e) => e.into_inner(),
-        };
-        for k in &keys {
-            map.entry(k.clone())
-                .or_default()
-                .push((id, mailbox.clone()));
+        let mut waits = Vec::new();
+        let mut fresh = Vec::new();
+        {
+            let mut map = match self.inner.interest.write() {
+                Ok(g) => g,
+                Err(e) => e.into_inner(),
+            };
+            for k in &keys {
+                match map.entry(k.clone()) {
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        e.get_mut().watchers.push((id, mailbox.clone()));
+                        waits.push(e.get().ready.clone());
+                    }
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        let (ready_tx, ready) = tokio::sync::watch::channel(false);
+                        let cancel = self.inner.shutdown.child_token();
+                        e.insert(Topic {
+                            watchers: vec![(id, mailbox.clone())],
+                            cancel: cancel.clone(),
+                            ready: ready.clone(),
+                        });
+                        fresh.push((k.clone(), ready_tx, cancel));
+                        waits.push(ready);
+                    }
+                }
+            }
         }
-        Registration {
+        // From here on, dropping the registration cleans up.
+        let reg = Registration {
             hub: self.clone(),
             id,
             keys,
+        };
+        for ((d, u), ready_tx, cancel) in fresh {
+            let mut sub = self
+                .inner
+                .bus
+                .subscribe(subjects::presence_out_str(&d, &u))
+                .await?;
+            ready_tx.send_replace(true);
+            let hub = self.clone();
+            self.inner.tracker.spawn(async move {
+                // Keeps the readiness sender alive with the subscription.
+                let _ready = ready_tx;
+                loop {
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        m = sub.next() => match m {
+                            None => return,
+                            Some(m) => match v1::PresenceState::decode(m.payload) {
+                                Ok(s) => hub.dispatch(s),
+                                Err(e) => tracing::warn!(error = %e, "undecodable presence state"),
+                            },
+                        },
+                    }
+                }
+            });
+        }
+        for mut w in waits {
+            w.wait_for(|ready| *ready)
+                .await
+                .map_err(|_| ApiError::Unavailable("presence subscription failed".into()))?;
+        }
+        Ok(reg)
+    }
+
+    /// Returns how many targets have a subscription on this node.
+    pub fn subscribed_targets(&self) -> usize {
+        match self.inner.interest.read() {
+            Ok(g) => g.len(),
+            Err(e) => e.into_inner().len(),
         }
     }
 
@@ -165,23 +248,21 @@ impl Hub {
             Ok(g) => g,
             Err(e) => e.into_inner(),
         };
-        let Some(boxes) = map.get(&(s.domain.clone(), s.user.clone())) else {
+        let Some(topic) = map.get(&(s.domain.clone(), s.user.clone())) else {
             return;
         };
-        for (_, mb) in boxes {
+        for (_, mb) in &topic.watchers {
             if mb.put(s.clone()) {
                 metrics::counter!("presence_fanout_coalesced_total").increment(1);
             }
         }
     }
 
-    /// Subscribes to every presence change (`presence.v1.out.>`) and to
-    /// the bus's reconnections.
-    pub async fn subscribe(bus: &SharedBus) -> ApiResult<HubFeed> {
-        Ok(HubFeed {
-            sub: bus.subscribe(format!("{}.out.>", subjects::PREFIX)).await?,
+    /// Returns the feed of [`Hub::run`]: the bus's reconnections.
+    pub fn subscribe(bus: &SharedBus) -> HubFeed {
+        HubFeed {
             reconnects: bus.reconnects(),
-        })
+        }
     }
 
     /// Returns a receiver that changes when streams must re-read the
@@ -190,29 +271,26 @@ impl Hub {
         self.inner.resync.subscribe()
     }
 
-    /// Feeds mailboxes until `shutdown`; after a reconnection, tells
-    /// every stream to resynchronize.
+    /// Tells every stream to resynchronize (after a reconnection, or
+    /// when shards changed owner).
+    pub fn resync(&self) {
+        self.inner.resync.send_modify(|n| *n += 1);
+    }
+
+    /// Until `shutdown`: after a reconnection, tells every stream to
+    /// resynchronize.
     pub async fn run(self, feed: HubFeed, shutdown: CancellationToken) {
-        let HubFeed {
-            mut sub,
-            mut reconnects,
-        } = feed;
+        let HubFeed { mut reconnects } = feed;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = reconnects.changed() => {
-                    if r.is_ok() {
-                        tracing::info!("bus reconnected: streams resynchronize");
-                        self.inner.resync.send_modify(|n| *n += 1);
+                    if r.is_err() {
+                        return;
                     }
+                    tracing::info!("bus reconnected: streams resynchronize");
+                    self.resync();
                 }
-                m = sub.next() => match m {
-                    None => return,
-                    Some(m) => match v1::PresenceState::decode(m.payload) {
-                        Ok(s) => self.dispatch(s),
-                        Err(e) => tracing::warn!(error = %e, "undecodable presence state"),
-                    },
-                },
             }
         }
     }
@@ -340,7 +418,16 @@ pub async fn run_stream(
     };
     let mailbox = Arc::new(Mailbox::default());
     // Register before the snapshot so no change falls between the two.
-    let _reg = hub.register(spec.domain.as_str(), &spec.targets, mailbox.clone());
+    let _reg = match hub
+        .register(spec.domain.as_str(), &spec.targets, mailbox.clone())
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(Err(presence_proto::status::to_status(e))).await;
+            return;
+        }
+    };
     let mut changes = acl.changes();
     let mut resyncs = hub.resyncs();
     // The domain's policy epoch read before the current decisions were
@@ -507,6 +594,7 @@ pub async fn run_stream(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -541,21 +629,41 @@ mod tests {
         assert!(mb.is_empty());
     }
 
-    #[test]
-    fn test_hub_dispatches_to_interested_mailboxes_only() {
-        let hub = Hub::default();
+    #[tokio::test]
+    async fn test_hub_subscribes_per_target_and_unsubscribes_with_the_last_watcher() {
+        let bus: SharedBus = Arc::new(presence_bus::InProcessBus::new(64));
+        let shutdown = CancellationToken::new();
+        let hub = Hub::new(bus.clone(), shutdown.clone(), TaskTracker::new());
         let m1 = Arc::new(Mailbox::default());
         let m2 = Arc::new(Mailbox::default());
-        let r1 = hub.register("acme", &["a".into(), "b".into()], m1.clone());
-        let _r2 = hub.register("acme", &["b".into()], m2.clone());
-        hub.dispatch(state("a", 1));
-        hub.dispatch(state("b", 1));
-        hub.dispatch(state("c", 1));
-        assert_eq!((m1.len(), m2.len()), (2, 1));
+        let r1 = hub
+            .register("acme", &["a".into(), "b".into()], m1.clone())
+            .await
+            .unwrap();
+        let r2 = hub
+            .register("acme", &["b".into()], m2.clone())
+            .await
+            .unwrap();
+        assert_eq!(hub.subscribed_targets(), 2, "one subscription per target");
+        for (user, v) in [("a", 1), ("b", 1), ("c", 1)] {
+            let s = state(user, v);
+            bus.publish(
+                format!("presence.v1.out.acme.{user}"),
+                s.encode_to_vec().into(),
+            )
+            .await
+            .unwrap();
+        }
+        // The subscription tasks deliver asynchronously: wait for them.
+        while m1.len() < 2 || m2.is_empty() {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!((m1.len(), m2.len()), (2, 1), "c is watched by nobody");
         drop(r1);
-        m1.take();
-        hub.dispatch(state("a", 2));
-        assert!(m1.is_empty(), "unregistered on drop");
+        assert_eq!(hub.subscribed_targets(), 1, "a lost its last watcher");
+        drop(r2);
+        assert_eq!(hub.subscribed_targets(), 0);
+        shutdown.cancel();
     }
 
     #[test]

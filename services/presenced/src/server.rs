@@ -251,9 +251,7 @@ impl Server {
                 &shutdown,
                 &tasks,
             );
-            let hub_sub = presence_fanout::watch::Hub::subscribe(&self.bus)
-                .await
-                .map_err(|e| anyhow::anyhow!("hub: {e}"))?;
+            let hub_sub = presence_fanout::watch::Hub::subscribe(&self.bus);
             tasks.spawn(tracing::Instrument::instrument(
                 fanout.hub().run(hub_sub, shutdown.clone()),
                 tracing::info_span!("hub"),
