@@ -159,6 +159,36 @@ async fn test_remote_acl_view_follows_policy_over_nats() {
         .unwrap_err();
     assert!(matches!(e, presence_core::ApiError::NotFound(_)), "{e:?}");
 
+    // Existence and watch selectors resolve remotely too.
+    assert!(view.user_exists(&d, &recep).await.unwrap());
+    assert!(!view.user_exists(&d, &ghost).await.unwrap());
+    use v1::watch_request::Selector as S;
+    let site_users = view
+        .resolve(&d, &recep, &S::Site("hq".into()), 100)
+        .await
+        .unwrap();
+    let mut sorted = site_users.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec!["carol", "jack", "recep"]);
+    let explicit = S::Targets(v1::TargetList {
+        targets: vec!["jack".into(), "carol".into(), "jack".into()],
+    });
+    assert_eq!(
+        view.resolve(&d, &recep, &explicit, 100).await.unwrap(),
+        vec!["jack", "carol"],
+        "deduplicated, in order"
+    );
+    let e = view.resolve(&d, &recep, &explicit, 1).await.unwrap_err();
+    assert!(
+        matches!(e, presence_core::ApiError::ResourceExhausted(_)),
+        "{e:?}"
+    );
+    let e = view
+        .resolve(&d, &recep, &S::Site("nowhere".into()), 100)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, presence_core::ApiError::NotFound(_)), "{e:?}");
+
     // Without a policy node, a miss is Unavailable (not a wrong answer).
     sb.stop().await;
     let carol = UserId::parse("carol").unwrap();

@@ -46,6 +46,10 @@ impl Sandbox {
     }
 
     async fn start_in(dir: &Path, nats_url: &str) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let cfg = Config {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.to_path_buf(),

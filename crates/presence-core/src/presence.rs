@@ -20,7 +20,9 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The state of one call, as reported by a device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub enum CallState {
     /// Outgoing call set up, not ringing yet.
     Trying,
@@ -35,7 +37,7 @@ pub enum CallState {
 }
 
 /// Call direction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Direction {
     /// Towards the user.
     Inbound,
@@ -44,7 +46,9 @@ pub enum Direction {
 }
 
 /// A user's manual status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum UserStatus {
     /// Available (the default).
     #[default]
@@ -58,7 +62,9 @@ pub enum UserStatus {
 }
 
 /// A user's do-not-disturb mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 pub enum DndMode {
     /// Take all calls (DND off).
     #[default]
@@ -169,7 +175,7 @@ impl Default for Limits {
 }
 
 /// One call on one device.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Call {
     /// Call id.
     pub call_id: String,
@@ -189,7 +195,7 @@ pub struct Call {
     pub updated_at_ms: i64,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 struct Device {
     last_sequence: u64,
     registered_until_ms: Option<i64>,
@@ -198,7 +204,7 @@ struct Device {
 }
 
 /// Aggregated presence status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum PresenceStatus {
     /// Reachable and idle.
     Available,
@@ -209,7 +215,7 @@ pub enum PresenceStatus {
 }
 
 /// Aggregated telephony status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Telephony {
     /// No call.
     NoCall,
@@ -222,7 +228,7 @@ pub enum Telephony {
 }
 
 /// The full aggregated state of a user (never a delta).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Aggregate {
     /// Strictly increasing per user.
     pub version: u64,
@@ -250,7 +256,7 @@ pub struct Aggregate {
 const MAX_TEXT: usize = 128;
 
 /// The state of one user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UserPresence {
     devices: BTreeMap<String, Device>,
     user_status: UserStatus,
@@ -577,6 +583,13 @@ impl UserPresence {
     }
 
     /// Recomputes the aggregate; bumps the version only if it changed.
+    /// Moves the version up to at least `floor` (and by at least one),
+    /// without changing the state: a new shard owner starts its term
+    /// above every version an earlier owner may have published.
+    pub fn raise_version(&mut self, floor: u64) {
+        self.current.version = (self.current.version + 1).max(floor);
+    }
+
     fn refresh(&mut self, now_ms: i64, lim: &Limits) -> bool {
         let next = self.compute(self.current.version, self.current.updated_at_ms, lim);
         let same = Aggregate {
@@ -599,6 +612,36 @@ impl UserPresence {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_snapshot_round_trip_and_raised_version() {
+        let lim = Limits::default();
+        let mut u = UserPresence::new(0);
+        let reg = Event {
+            device: "d1".into(),
+            sequence: 1,
+            at_ms: 0,
+            kind: EventKind::Register { expires_s: 60 },
+        };
+        assert_eq!(u.apply(&reg, 1_000, &lim), Ok(true));
+        let ring = call("d1", 2, "c1", CallState::Early, Direction::Inbound);
+        assert_eq!(u.apply(&ring, 1_000, &lim), Ok(true));
+        let json = serde_json::to_vec(&u).unwrap();
+        let mut back: UserPresence = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, u, "a snapshot restores the whole state");
+        assert_eq!(
+            back.apply(&ring, 1_000, &lim),
+            Err(Reject::StaleSequence),
+            "device sequences survive a snapshot"
+        );
+        let v = back.aggregate().version;
+        back.raise_version(5 << 32);
+        assert_eq!(back.aggregate().version, 5 << 32);
+        back.raise_version(1);
+        assert_eq!(back.aggregate().version, (5 << 32) + 1, "never down");
+        assert!(v < 5 << 32);
+        assert_eq!(back.aggregate().telephony, Telephony::Ringing);
+    }
 
     fn call(dev: &str, seq: u64, id: &str, state: CallState, dir: Direction) -> Event {
         Event {

@@ -171,3 +171,14 @@ pub fn state_to_proto(
         updated_at_ms: a.updated_at_ms,
     }
 }
+
+/// Removes caller identity from a full state unless `caller_id`.
+pub fn redact(mut s: v1::PresenceState, caller_id: bool) -> v1::PresenceState {
+    if !caller_id {
+        for c in &mut s.calls {
+            c.remote_number.clear();
+            c.remote_name.clear();
+        }
+    }
+    s
+}

@@ -12,6 +12,7 @@
 //!   heartbeats, resume);
 //! - [`grpc`]: the tonic adapter.
 
+pub mod cluster;
 pub mod convert;
 pub mod grpc;
 pub mod service;

@@ -1,17 +1,16 @@
 //! The presence service's domain API: ingest (gRPC `Publish` and the
 //! NATS subjects `presence.v1.in.<domain>.<user>`) and `GetPresence`.
 
+use crate::cluster::{Cluster, ShardParams};
+use crate::convert::redact;
 use crate::convert::{event_from_proto, reject_label, reject_reason, state_to_proto};
 use crate::shard::{self, Clock, ShardHandle, UserKey};
 use crate::watch::{Hub, StreamSlots, StreamSpec, run_stream};
 use futures_util::StreamExt;
 use presence_auth::{Principal, rights};
 use presence_bus::{BusSubscription, SharedBus, subjects};
-use presence_core::presence::Aggregate;
 use presence_core::presence::{EventKind, Limits};
 use presence_core::{ApiError, ApiResult, DomainId, Mac, UserId};
-use presence_directory::Store;
-use presence_directory::records::Read;
 use presence_policy::{AclView, Question};
 use presence_proto::v1::{self, RejectReason};
 use prost::Message;
@@ -38,6 +37,8 @@ pub struct FanoutConfig {
     pub watch: crate::watch::WatchConfig,
     /// Publish rate allowed per device.
     pub device_rate: shard::RateLimit,
+    /// Distributed shard ownership (used by [`Fanout::start_cluster`]).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for FanoutConfig {
@@ -50,6 +51,7 @@ impl Default for FanoutConfig {
             limits: Limits::default(),
             watch: crate::watch::WatchConfig::default(),
             device_rate: shard::RateLimit::default(),
+            cluster: crate::cluster::ClusterConfig::default(),
         }
     }
 }
@@ -60,9 +62,16 @@ pub struct Fanout {
     inner: Arc<Inner>,
 }
 
+/// Where users' states live.
+enum Shards {
+    /// Every shard is an actor of this process.
+    Local(Vec<ShardHandle>),
+    /// Shards are owned by fanout nodes over NATS JetStream.
+    Cluster(Arc<Cluster>),
+}
+
 struct Inner {
-    shards: Vec<ShardHandle>,
-    store: Arc<Store>,
+    shards: Shards,
     acl: AclView,
     cfg: FanoutConfig,
     hub: Hub,
@@ -71,7 +80,8 @@ struct Inner {
     tracker: TaskTracker,
 }
 
-fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::PublishResult {
+/// Counts and logs a rejected event and returns its result.
+pub(crate) fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::PublishResult {
     metrics::counter!("presence_fanout_events_rejected_total", "reason" => reject_label(reason))
         .increment(1);
     let detail = detail.into();
@@ -104,10 +114,9 @@ fn may_publish(p: &Principal, d: &DomainId, u: &UserId, e: &v1::DeviceEvent) -> 
 
 impl Fanout {
     /// Starts the shard actors (tracked by `tracker`, stopped by
-    /// `shutdown`) and returns the service.
+    /// `shutdown`) and returns the service: every shard in this process.
     pub fn start(
         cfg: FanoutConfig,
-        store: Arc<Store>,
         acl: AclView,
         bus: SharedBus,
         shutdown: &CancellationToken,
@@ -128,13 +137,59 @@ impl Fanout {
                 )
             })
             .collect();
+        Self::with_shards(Shards::Local(shards), cfg, acl, bus, shutdown, tracker)
+    }
+
+    /// Starts the service in distributed mode: shards are owned by the
+    /// fanout nodes sharing `client`'s NATS (see [`crate::cluster`]).
+    /// `shutdown` hands this node's shards off.
+    pub async fn start_cluster(
+        cfg: FanoutConfig,
+        acl: AclView,
+        bus: SharedBus,
+        client: async_nats::Client,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> ApiResult<Self> {
+        let params = ShardParams {
+            limits: cfg.limits,
+            rate: cfg.device_rate,
+            bus: bus.clone(),
+            clock: Clock::new(),
+        };
+        let cluster = Cluster::start(
+            client,
+            cfg.cluster.clone(),
+            cfg.shards,
+            params,
+            shutdown,
+            tracker,
+        )
+        .await?;
+        Ok(Self::with_shards(
+            Shards::Cluster(cluster),
+            cfg,
+            acl,
+            bus,
+            shutdown,
+            tracker,
+        ))
+    }
+
+    fn with_shards(
+        shards: Shards,
+        cfg: FanoutConfig,
+        acl: AclView,
+        bus: SharedBus,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 shards,
-                store,
                 acl,
                 cfg,
-                hub: Hub::new(bus.clone(), shutdown.clone(), tracker.clone()),
+                hub: Hub::new(bus, shutdown.clone(), tracker.clone()),
                 slots: StreamSlots::default(),
                 shutdown: shutdown.clone(),
                 tracker: tracker.clone(),
@@ -142,58 +197,76 @@ impl Fanout {
         }
     }
 
-    fn shard(&self, d: &DomainId, u: &UserId) -> &ShardHandle {
-        &self.inner.shards[shard::shard_index(d, u, self.inner.shards.len())]
+    /// Returns the shards this node owns (all of them unless clustered).
+    pub fn owned_shards(&self) -> Vec<usize> {
+        match &self.inner.shards {
+            Shards::Local(v) => (0..v.len()).collect(),
+            Shards::Cluster(c) => c.owned_shards(),
+        }
     }
 
     async fn user_exists(&self, d: &DomainId, u: &UserId) -> ApiResult<bool> {
-        let store = self.inner.store.clone();
-        let (d, u) = (d.clone(), u.clone());
-        tokio::task::spawn_blocking(move || match store.user(&d, &u) {
-            Ok(_) => Ok(true),
-            Err(ApiError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("lookup task failed: {e}")))?
+        self.inner.acl.user_exists(d, u).await
     }
 
-    /// Validates and applies one event (identity checks already done).
-    async fn apply(&self, d: DomainId, u: UserId, e: &v1::DeviceEvent) -> v1::PublishResult {
+    /// Validates one event (identity checks already done): its shape and
+    /// that its user exists.
+    async fn validate(
+        &self,
+        d: &DomainId,
+        u: &UserId,
+        e: &v1::DeviceEvent,
+    ) -> Result<presence_core::presence::Event, v1::PublishResult> {
         metrics::counter!("presence_fanout_events_in_total").increment(1);
-        let ev = match event_from_proto(e) {
-            Ok(ev) => ev,
-            Err(r) => return rejected(reject_reason(r), "malformed event"),
-        };
+        let ev = event_from_proto(e).map_err(|r| rejected(reject_reason(r), "malformed event"))?;
         if let EventKind::QueueLogin { queue, .. } = &ev.kind
             && UserId::parse(queue).is_err()
         {
-            return rejected(RejectReason::Malformed, "invalid queue id");
+            return Err(rejected(RejectReason::Malformed, "invalid queue id"));
         }
-        match self.user_exists(&d, &u).await {
-            Ok(true) => {}
-            Ok(false) => {
-                return rejected(
-                    RejectReason::UnknownUser,
-                    format!("user {u} not found in domain {d}"),
-                );
-            }
-            Err(e) => return rejected(RejectReason::Unspecified, e.to_string()),
+        match self.user_exists(d, u).await {
+            Ok(true) => Ok(ev),
+            Ok(false) => Err(rejected(
+                RejectReason::UnknownUser,
+                format!("user {u} not found in domain {d}"),
+            )),
+            Err(e) => Err(rejected(RejectReason::Unspecified, e.to_string())),
         }
-        match self.shard(&d, &u).apply((d.clone(), u.clone()), ev).await {
-            Ok(Ok(changed)) => {
-                metrics::counter!("presence_fanout_events_applied_total").increment(1);
-                if !changed {
-                    metrics::counter!("presence_fanout_events_unchanged_total").increment(1);
-                }
-                v1::PublishResult {
-                    accepted: true,
-                    reason: RejectReason::Unspecified as i32,
-                    detail: String::new(),
-                }
+    }
+
+    /// Applies validated events and returns their verdicts, in order.
+    async fn apply_all(
+        &self,
+        events: Vec<(UserKey, presence_core::presence::Event, v1::DeviceEvent)>,
+    ) -> Vec<v1::PublishResult> {
+        match &self.inner.shards {
+            Shards::Cluster(c) => {
+                c.submit_and_wait(events.into_iter().map(|(k, _, e)| (k, e)).collect())
+                    .await
             }
-            Ok(Err(r)) => rejected(reject_reason(r), format!("{r:?}")),
-            Err(e) => rejected(RejectReason::Unspecified, e.to_string()),
+            Shards::Local(handles) => {
+                let mut out = Vec::with_capacity(events.len());
+                for ((d, u), ev, _) in events {
+                    let h = &handles[shard::shard_index(&d, &u, handles.len())];
+                    out.push(match h.apply((d, u), ev).await {
+                        Ok(Ok(changed)) => {
+                            metrics::counter!("presence_fanout_events_applied_total").increment(1);
+                            if !changed {
+                                metrics::counter!("presence_fanout_events_unchanged_total")
+                                    .increment(1);
+                            }
+                            v1::PublishResult {
+                                accepted: true,
+                                reason: RejectReason::Unspecified as i32,
+                                detail: String::new(),
+                            }
+                        }
+                        Ok(Err(r)) => rejected(reject_reason(r), format!("{r:?}")),
+                        Err(e) => rejected(RejectReason::Unspecified, e.to_string()),
+                    });
+                }
+                out
+            }
         }
     }
 
@@ -211,10 +284,14 @@ impl Fanout {
                 self.inner.cfg.max_publish_batch
             )));
         }
-        let mut results = Vec::with_capacity(req.events.len());
-        for e in &req.events {
+        // Verdicts in request order: early rejections now, the valid
+        // events' verdicts from the shards (in one pipelined batch).
+        let mut results: Vec<Option<v1::PublishResult>> = vec![None; req.events.len()];
+        let mut valid = Vec::new();
+        let mut slots = Vec::new();
+        for (i, e) in req.events.into_iter().enumerate() {
             let (Ok(d), Ok(u)) = (DomainId::parse(&e.domain), UserId::parse(&e.user)) else {
-                results.push(rejected(
+                results[i] = Some(rejected(
                     RejectReason::Malformed,
                     "invalid domain or user id",
                 ));
@@ -222,16 +299,27 @@ impl Fanout {
             };
             // Not permitted is answered before existence, so another
             // tenant learns nothing.
-            if !may_publish(p, &d, &u, e) {
-                results.push(rejected(
+            if !may_publish(p, &d, &u, &e) {
+                results[i] = Some(rejected(
                     RejectReason::NotPermitted,
                     "not allowed to publish for this user or device",
                 ));
                 continue;
             }
-            results.push(self.apply(d, u, e).await);
+            match self.validate(&d, &u, &e).await {
+                Ok(ev) => {
+                    valid.push(((d, u), ev, e));
+                    slots.push(i);
+                }
+                Err(r) => results[i] = Some(r),
+            }
         }
-        Ok(v1::PublishResponse { results })
+        for (i, r) in slots.into_iter().zip(self.apply_all(valid).await) {
+            results[i] = Some(r);
+        }
+        Ok(v1::PublishResponse {
+            results: results.into_iter().flatten().collect(),
+        })
     }
 
     /// Returns the states of the targets the caller may see; the others
@@ -285,14 +373,14 @@ impl Fanout {
                 out
             }
         };
-        let mut states = Vec::with_capacity(permitted.len());
-        for (t, caller_id) in &permitted {
-            let key: UserKey = (d.clone(), t.clone());
-            let a = self.shard(&d, t).get(vec![key]).await?;
-            if let Some(a) = a.first() {
-                states.push(state_to_proto(d.as_str(), t.as_str(), a, *caller_id));
-            }
-        }
+        let names: Vec<String> = permitted.iter().map(|(t, _)| t.to_string()).collect();
+        let states = self
+            .states(&d, &names)
+            .await?
+            .into_iter()
+            .zip(&permitted)
+            .map(|(s, (_, caller_id))| redact(s, *caller_id))
+            .collect();
         let denied = targets
             .iter()
             .filter(|t| !permitted.iter().any(|(p, _)| p == *t))
@@ -306,19 +394,29 @@ impl Fanout {
         self.inner.hub.clone()
     }
 
-    /// Returns the current aggregates of `targets` (offline at version 0
-    /// for users without state).
-    pub async fn states(&self, d: &DomainId, targets: &[String]) -> ApiResult<Vec<Aggregate>> {
-        let mut out = Vec::with_capacity(targets.len());
-        for t in targets {
-            let u = UserId::parse(t)?;
-            let mut a = self.shard(d, &u).get(vec![(d.clone(), u.clone())]).await?;
-            out.push(
-                a.pop()
-                    .ok_or_else(|| ApiError::Internal("shard returned nothing".into()))?,
-            );
+    /// Returns the full (unredacted) current states of `targets`
+    /// (offline at version 0 for users without state).
+    pub async fn states(
+        &self,
+        d: &DomainId,
+        targets: &[String],
+    ) -> ApiResult<Vec<v1::PresenceState>> {
+        match &self.inner.shards {
+            Shards::Cluster(c) => c.states(d, targets).await,
+            Shards::Local(handles) => {
+                let mut out = Vec::with_capacity(targets.len());
+                for t in targets {
+                    let u = UserId::parse(t)?;
+                    let h = &handles[shard::shard_index(d, &u, handles.len())];
+                    let mut a = h.get(vec![(d.clone(), u.clone())]).await?;
+                    let a = a
+                        .pop()
+                        .ok_or_else(|| ApiError::Internal("shard returned nothing".into()))?;
+                    out.push(state_to_proto(d.as_str(), t, &a, true));
+                }
+                Ok(out)
+            }
         }
-        Ok(out)
     }
 
     async fn resolve_targets(
@@ -327,93 +425,14 @@ impl Fanout {
         w: &UserId,
         req: &v1::WatchRequest,
     ) -> ApiResult<Vec<String>> {
-        use v1::watch_request::Selector as S;
-        let max = self.inner.cfg.watch.max_targets;
-        let store = self.inner.store.clone();
-        let (d, w) = (d.clone(), w.clone());
         let sel = req
             .selector
             .clone()
             .ok_or_else(|| ApiError::invalid("a selector must be set"))?;
-        let list = tokio::task::spawn_blocking(move || -> ApiResult<Vec<String>> {
-            match sel {
-                S::Targets(t) => {
-                    if t.targets.len() > max {
-                        return Err(ApiError::ResourceExhausted(format!(
-                            "{} targets, at most {max}",
-                            t.targets.len()
-                        )));
-                    }
-                    for x in &t.targets {
-                        UserId::parse(x)?;
-                    }
-                    Ok(t.targets)
-                }
-                S::MonitoredLines(_) => Ok(presence_policy::service::monitored_lines(
-                    &store, &d, &w, max,
-                )?
-                .lines
-                .into_iter()
-                .map(|l| l.target)
-                .collect()),
-                S::EveryoneVisible(_) => {
-                    let mut out = Vec::new();
-                    let mut token = String::new();
-                    loop {
-                        let (page, next) =
-                            presence_policy::service::monitorable(&store, &d, &w, &token, 1000)?;
-                        out.extend(page.into_iter().map(|x| x.target));
-                        if out.len() > max {
-                            return Err(ApiError::ResourceExhausted(format!(
-                                "more than {max} visible targets"
-                            )));
-                        }
-                        if next.is_empty() {
-                            return Ok(out);
-                        }
-                        token = next;
-                    }
-                }
-                S::Site(site) => {
-                    let sid = presence_core::SiteId::parse(&site)?;
-                    store.site(&d, &sid)?;
-                    let prefix = presence_directory::store::keys::prefix(
-                        presence_directory::store::keys::USER,
-                        &[d.as_str()],
-                    );
-                    let mut out = Vec::new();
-                    for row in store.scan(&prefix, None) {
-                        let (_, v) = row?;
-                        let u: v1::User = presence_directory::store::decode(&v)?;
-                        if u.site == site {
-                            out.push(u.id);
-                        }
-                    }
-                    if out.len() > max {
-                        return Err(ApiError::ResourceExhausted(format!(
-                            "site {site} has more than {max} users"
-                        )));
-                    }
-                    Ok(out)
-                }
-                S::Queue(q) => {
-                    let qid = UserId::parse(&q)?;
-                    Ok(store
-                        .queue(&d, &qid)?
-                        .agents
-                        .into_iter()
-                        .map(|a| a.user)
-                        .collect())
-                }
-            }
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("resolve task failed: {e}")))??;
-        let mut seen = std::collections::HashSet::new();
-        Ok(list
-            .into_iter()
-            .filter(|t| seen.insert(t.clone()))
-            .collect())
+        self.inner
+            .acl
+            .resolve(d, w, &sel, self.inner.cfg.watch.max_targets)
+            .await
     }
 
     /// Opens a watch stream: the watcher is the caller (a service with
@@ -542,7 +561,20 @@ impl Fanout {
             }
             e.domain = d.to_string();
             e.user = u.to_string();
-            let _ = self.apply(d, u, &e).await;
+            let ev = match self.validate(&d, &u, &e).await {
+                Ok(ev) => ev,
+                Err(_) => continue,
+            };
+            match &self.inner.shards {
+                Shards::Cluster(c) => {
+                    if let Err(err) = c.submit(&(d, u), e).await {
+                        rejected(RejectReason::Unspecified, err.to_string());
+                    }
+                }
+                Shards::Local(_) => {
+                    self.apply_all(vec![((d, u), ev, e)]).await;
+                }
+            }
         }
     }
 }

@@ -122,7 +122,18 @@ impl ShardHandle {
     }
 }
 
-struct Shard {
+/// One user's state in a shard snapshot.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct SnapUser {
+    pub domain: String,
+    pub user: String,
+    pub state: UserPresence,
+}
+
+/// The state of one shard: its users, their expiry deadlines and the
+/// per-device rate buckets. Driven by a local actor ([`spawn`]) or, in
+/// distributed mode, by the task of the node owning the shard.
+pub(crate) struct Shard {
     id: usize,
     rate: RateLimit,
     buckets: HashMap<(UserKey, String), Bucket>,
@@ -131,10 +142,37 @@ struct Shard {
     deadline_of: HashMap<UserKey, i64>,
     limits: Limits,
     bus: SharedBus,
-    clock: Clock,
+    pub(crate) clock: Clock,
+    /// Version new users start from (a new owner's term, see
+    /// [`Shard::raise_all`]).
+    floor: u64,
+    /// Whether changes are published (not while replaying a log).
+    pub(crate) publishing: bool,
 }
 
 impl Shard {
+    pub(crate) fn new(
+        id: usize,
+        limits: Limits,
+        rate: RateLimit,
+        bus: SharedBus,
+        clock: Clock,
+    ) -> Self {
+        Self {
+            id,
+            rate,
+            buckets: HashMap::new(),
+            users: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            deadline_of: HashMap::new(),
+            limits,
+            bus,
+            clock,
+            floor: 0,
+            publishing: true,
+        }
+    }
+
     fn reschedule(&mut self, key: &UserKey) {
         if let Some(old) = self.deadline_of.remove(key) {
             self.deadlines.remove(&(old, key.clone()));
@@ -148,6 +186,9 @@ impl Shard {
     }
 
     async fn publish(&self, key: &UserKey) {
+        if !self.publishing {
+            return;
+        }
         let Some(u) = self.users.get(key) else { return };
         let state = state_to_proto(key.0.as_str(), key.1.as_str(), u.aggregate(), true);
         let subject = subjects::presence_out(&key.0, &key.1);
@@ -181,8 +222,9 @@ impl Shard {
         }
     }
 
-    async fn expire_due(&mut self) {
-        let now = self.clock.now_ms();
+    /// Expires everything due at `now`; returns whether anything changed.
+    pub(crate) async fn expire_until(&mut self, now: i64) -> bool {
+        let mut any = false;
         while let Some((t, key)) = self.deadlines.first().cloned() {
             if t > now {
                 break;
@@ -194,10 +236,96 @@ impl Shard {
                 None => false,
             };
             if changed {
+                any = true;
                 metrics::counter!("presence_fanout_expired_total").increment(1);
                 self.publish(&key).await;
             }
             self.reschedule(&key);
+        }
+        any
+    }
+
+    /// Returns when the next expiry is due.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        self.deadlines
+            .first()
+            .map(|(t, _)| self.clock.instant_of(*t))
+    }
+
+    /// Applies one event at `now` (unix ms); publishes the new aggregate
+    /// when it changed.
+    pub(crate) async fn apply(
+        &mut self,
+        key: UserKey,
+        event: &Event,
+        now: i64,
+    ) -> Result<bool, Reject> {
+        if !self.admit(&key, &event.device, now) {
+            return Err(Reject::TooMany);
+        }
+        let floor = self.floor;
+        let u = self
+            .users
+            .entry(key.clone())
+            .or_insert_with(|| UserPresence::new(floor));
+        let r = u.apply(event, now, &self.limits);
+        if matches!(r, Ok(true)) {
+            self.publish(&key).await;
+        }
+        self.reschedule(&key);
+        r
+    }
+
+    /// Returns the current aggregates (offline at version 0 for users
+    /// without state).
+    pub(crate) fn get(&self, keys: &[UserKey]) -> Vec<Aggregate> {
+        keys.iter()
+            .map(|k| {
+                self.users
+                    .get(k)
+                    .map(|u| u.aggregate().clone())
+                    .unwrap_or_else(|| UserPresence::new(0).aggregate().clone())
+            })
+            .collect()
+    }
+
+    /// Returns every user's state, for a snapshot.
+    pub(crate) fn export(&self) -> Vec<SnapUser> {
+        self.users
+            .iter()
+            .map(|((d, u), p)| SnapUser {
+                domain: d.to_string(),
+                user: u.to_string(),
+                state: p.clone(),
+            })
+            .collect()
+    }
+
+    /// Loads users from a snapshot (entries with invalid ids are
+    /// skipped).
+    pub(crate) fn restore(&mut self, users: Vec<SnapUser>) {
+        for s in users {
+            let (Ok(d), Ok(u)) = (DomainId::parse(&s.domain), UserId::parse(&s.user)) else {
+                tracing::warn!(shard = self.id, domain = %s.domain, user = %s.user, "invalid user in snapshot skipped");
+                continue;
+            };
+            let key = (d, u);
+            self.users.insert(key.clone(), s.state);
+            self.reschedule(&key);
+        }
+    }
+
+    /// Starts a new term: every version moves to at least `floor` (above
+    /// any version an earlier owner published), new users start there,
+    /// and every user's state is published.
+    pub(crate) async fn raise_all(&mut self, floor: u64) {
+        self.floor = floor;
+        let keys: Vec<UserKey> = self.users.keys().cloned().collect();
+        for k in keys {
+            if let Some(u) = self.users.get_mut(&k) {
+                u.raise_version(floor);
+            }
+            self.publish(&k).await;
         }
     }
 
@@ -205,29 +333,11 @@ impl Shard {
         match cmd {
             Command::Apply { key, event, reply } => {
                 let now = self.clock.now_ms();
-                if !self.admit(&key, &event.device, now) {
-                    let _ = reply.send(Err(Reject::TooMany));
-                    return;
-                }
-                let u = self.users.entry(key.clone()).or_default();
-                let r = u.apply(&event, now, &self.limits);
-                if matches!(r, Ok(true)) {
-                    self.publish(&key).await;
-                }
-                self.reschedule(&key);
+                let r = self.apply(key, &event, now).await;
                 let _ = reply.send(r);
             }
             Command::Get { keys, reply } => {
-                let out = keys
-                    .iter()
-                    .map(|k| {
-                        self.users
-                            .get(k)
-                            .map(|u| u.aggregate().clone())
-                            .unwrap_or_else(|| UserPresence::new(0).aggregate().clone())
-                    })
-                    .collect();
-                let _ = reply.send(out);
+                let _ = reply.send(self.get(&keys));
             }
         }
     }
@@ -246,43 +356,36 @@ pub fn spawn(
     tracker: &tokio_util::task::TaskTracker,
 ) -> ShardHandle {
     let (tx, mut rx) = mpsc::channel(inbox.max(1));
-    let mut shard = Shard {
-        id,
-        rate,
-        buckets: HashMap::new(),
-        users: HashMap::new(),
-        deadlines: BTreeSet::new(),
-        deadline_of: HashMap::new(),
-        limits,
-        bus,
-        clock,
-    };
+    let mut shard = Shard::new(id, limits, rate, bus, clock);
     let span = tracing::info_span!("shard", id);
     tracker.spawn(tracing::Instrument::instrument(
         async move {
             loop {
-                let next = shard
-                    .deadlines
-                    .first()
-                    .map(|(t, _)| shard.clock.instant_of(*t));
+                let next = shard.next_deadline();
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     cmd = rx.recv() => match cmd {
                         Some(c) => shard.handle(c).await,
                         None => break,
                     },
-                    _ = async {
-                        match next {
-                            Some(at) => tokio::time::sleep_until(at).await,
-                            None => std::future::pending::<()>().await,
-                        }
-                    } => shard.expire_due().await,
+                    _ = sleep_until_opt(next) => {
+                        let now = shard.clock.now_ms();
+                        shard.expire_until(now).await;
+                    }
                 }
             }
         },
         span,
     ));
     ShardHandle { tx }
+}
+
+/// Sleeps until `at`, or forever without a deadline.
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending::<()>().await,
+    }
 }
 
 /// Returns the shard of a user: FNV-1a of `domain \0 user`, modulo the

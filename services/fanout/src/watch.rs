@@ -9,7 +9,7 @@
 //! its mailbox, re-checks access whenever an ACL event is applied
 //! (`revoked` / `granted`), and sends heartbeats.
 
-use crate::convert::state_to_proto;
+use crate::convert::redact;
 use crate::service::Fanout;
 use futures_util::StreamExt;
 use presence_bus::{SharedBus, subjects};
@@ -384,16 +384,6 @@ pub struct StreamSpec {
     pub heartbeat: Duration,
 }
 
-fn redact(mut s: v1::PresenceState, caller_id: bool) -> v1::PresenceState {
-    if !caller_id {
-        for c in &mut s.calls {
-            c.remote_number.clear();
-            c.remote_name.clear();
-        }
-    }
-    s
-}
-
 fn access(target: &str, reason: &str) -> v1::AccessChange {
     v1::AccessChange {
         target: target.into(),
@@ -470,14 +460,7 @@ pub async fn run_stream(
                     continue; // resume: the client has it already
                 }
                 let caller_id = allowed.get(t).copied().unwrap_or(false);
-                if !send(E::State(state_to_proto(
-                    spec.domain.as_str(),
-                    t,
-                    &a,
-                    caller_id,
-                )))
-                .await
-                {
+                if !send(E::State(redact(a, caller_id))).await {
                     return;
                 }
                 last_sent.insert(t.clone(), v);
@@ -559,7 +542,7 @@ pub async fn run_stream(
                         }
                         let caller_id = allowed.get(t).copied().unwrap_or(false);
                         last_sent.insert(t.clone(), a.version);
-                        if !send(E::State(state_to_proto(spec.domain.as_str(), t, &a, caller_id))).await {
+                        if !send(E::State(redact(a, caller_id))).await {
                             return;
                         }
                     }
@@ -579,7 +562,7 @@ pub async fn run_stream(
                     }
                     last_sent.insert(t.clone(), a.version);
                     let caller_id = allowed.get(t).copied().unwrap_or(false);
-                    if !send(E::State(state_to_proto(spec.domain.as_str(), t, &a, caller_id))).await {
+                    if !send(E::State(redact(a, caller_id))).await {
                         return;
                     }
                 }

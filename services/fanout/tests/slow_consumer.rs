@@ -71,7 +71,7 @@ async fn test_never_reading_watcher_is_coalesced_and_slows_nobody() {
         },
         ..FanoutConfig::default()
     };
-    let fanout = Fanout::start(cfg, store.clone(), acl, bus.clone(), &shutdown, &tracker);
+    let fanout = Fanout::start(cfg, acl, bus.clone(), &shutdown, &tracker);
     let hub_sub = Hub::subscribe(&bus);
     tracker.spawn(fanout.hub().run(hub_sub, shutdown.clone()));
 

@@ -17,7 +17,7 @@
 use crate::service::{Question, evaluate};
 use futures_util::StreamExt;
 use presence_bus::{BusSubscription, SharedBus, subjects};
-use presence_core::{ApiResult, DomainId, UserId};
+use presence_core::{ApiError, ApiResult, DomainId, UserId};
 use presence_directory::Store;
 use presence_proto::v1;
 use prost::Message;
@@ -186,6 +186,52 @@ impl AclView {
             }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// Returns the targets `sel` names for `watcher` (see
+    /// [`crate::service::resolve_selector`]), from the store or from a
+    /// policy node.
+    pub async fn resolve(
+        &self,
+        d: &DomainId,
+        watcher: &UserId,
+        sel: &presence_proto::v1::watch_request::Selector,
+        max: usize,
+    ) -> ApiResult<Vec<String>> {
+        let list = match &self.inner.source {
+            Source::Local(store) => {
+                let (store, d, w, sel) = (store.clone(), d.clone(), watcher.clone(), sel.clone());
+                tokio::task::spawn_blocking(move || {
+                    crate::service::resolve_selector(&store, &d, &w, &sel, max)
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("resolve task failed: {e}")))??
+            }
+            Source::Remote { bus, timeout } => {
+                crate::remote::resolve(bus, d, watcher, sel, *timeout).await?
+            }
+        };
+        if list.len() > max {
+            return Err(ApiError::ResourceExhausted(format!(
+                "{} targets, at most {max}",
+                list.len()
+            )));
+        }
+        Ok(list)
+    }
+
+    /// Returns whether `user` exists in `d`. Cached like any decision (a
+    /// user sees itself exactly while it exists; deleting it moves the
+    /// domain's epoch).
+    pub async fn user_exists(&self, d: &DomainId, user: &UserId) -> ApiResult<bool> {
+        match self
+            .check(d, user, &[user.to_string()], Question::See)
+            .await
+        {
+            Ok(v) => Ok(v.first().is_some_and(|x| x.allowed)),
+            Err(ApiError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// Returns a receiver that changes whenever an ACL event is applied

@@ -2,7 +2,9 @@
 //! directory store: policy nodes answer requests on
 //! `presence.v1.policy.<see|pickup>.<domain>` (queue group `policy`, so
 //! several policy nodes share the load), and [`crate::AclView::remote`]
-//! asks them on cache misses.
+//! asks them on cache misses. The same responders resolve watch
+//! selectors (`presence.v1.policy.resolve.<domain>`, a `WatchRequest`
+//! answered with a `ResolveReply`).
 
 use crate::service::{Question, evaluate};
 use futures_util::StreamExt;
@@ -20,14 +22,21 @@ pub const QUEUE_GROUP: &str = "policy";
 /// Most targets in one remote check (as for CheckSee).
 pub const MAX_TARGETS: usize = 5000;
 
-/// Parses `presence.v1.policy.<q>.<domain>`.
-fn parse_subject(s: &str) -> ApiResult<(Question, DomainId)> {
+/// What a request on `presence.v1.policy.<what>.<domain>` asks.
+enum Asked {
+    Check(Question),
+    Resolve,
+}
+
+/// Parses `presence.v1.policy.<what>.<domain>`.
+fn parse_subject(s: &str) -> ApiResult<(Asked, DomainId)> {
     let parts: Vec<&str> = s.split('.').collect();
     match parts.as_slice() {
         [_, _, "policy", q, d] => {
             let q = match *q {
-                "see" => Question::See,
-                "pickup" => Question::Pickup,
+                "see" => Asked::Check(Question::See),
+                "pickup" => Asked::Check(Question::Pickup),
+                "resolve" => Asked::Resolve,
                 other => return Err(ApiError::invalid(format!("unknown question {other:?}"))),
             };
             Ok((q, DomainId::parse(d)?))
@@ -36,8 +45,68 @@ fn parse_subject(s: &str) -> ApiResult<(Question, DomainId)> {
     }
 }
 
-fn answer(store: &Store, m: &BusMessage) -> ApiResult<v1::CheckResponse> {
-    let (q, d) = parse_subject(&m.subject)?;
+fn failed(e: &ApiError) -> (String, String) {
+    (e.code_name().into(), e.message().into())
+}
+
+/// Answers one request with the encoded reply.
+fn answer(store: &Store, m: &BusMessage) -> Vec<u8> {
+    match parse_subject(&m.subject) {
+        Ok((Asked::Resolve, d)) => match resolve_here(store, &d, m) {
+            Ok(targets) => v1::ResolveReply {
+                targets,
+                ..Default::default()
+            },
+            Err(e) => {
+                let (error_code, error_message) = failed(&e);
+                v1::ResolveReply {
+                    targets: Vec::new(),
+                    error_code,
+                    error_message,
+                }
+            }
+        }
+        .encode_to_vec(),
+        checked => match checked.and_then(|(a, d)| match a {
+            Asked::Check(q) => check_here(store, q, &d, m),
+            Asked::Resolve => Err(ApiError::invalid("not a check")),
+        }) {
+            Ok(r) => v1::CheckReply {
+                response: Some(r),
+                ..Default::default()
+            },
+            Err(e) => {
+                let (error_code, error_message) = failed(&e);
+                v1::CheckReply {
+                    response: None,
+                    error_code,
+                    error_message,
+                }
+            }
+        }
+        .encode_to_vec(),
+    }
+}
+
+fn resolve_here(store: &Store, d: &DomainId, m: &BusMessage) -> ApiResult<Vec<String>> {
+    let req = v1::WatchRequest::decode(m.payload.clone())
+        .map_err(|e| ApiError::invalid(format!("malformed resolve: {e}")))?;
+    if req.domain != d.as_str() {
+        return Err(ApiError::invalid("resolve domain differs from its subject"));
+    }
+    let w = UserId::parse(&req.watcher)?;
+    let sel = req
+        .selector
+        .ok_or_else(|| ApiError::invalid("a selector must be set"))?;
+    crate::service::resolve_selector(store, d, &w, &sel, MAX_TARGETS)
+}
+
+fn check_here(
+    store: &Store,
+    q: Question,
+    d: &DomainId,
+    m: &BusMessage,
+) -> ApiResult<v1::CheckResponse> {
     let req = v1::CheckRequest::decode(m.payload.clone())
         .map_err(|e| ApiError::invalid(format!("malformed check: {e}")))?;
     if req.domain != d.as_str() {
@@ -53,7 +122,7 @@ fn answer(store: &Store, m: &BusMessage) -> ApiResult<v1::CheckResponse> {
     for t in &req.targets {
         UserId::parse(t)?;
     }
-    let (epoch, decisions) = evaluate(store, &d, &w, &req.targets, q)?;
+    let (epoch, decisions) = evaluate(store, d, &w, &req.targets, q)?;
     Ok(v1::CheckResponse { decisions, epoch })
 }
 
@@ -87,22 +156,15 @@ pub async fn serve_checks(
             continue;
         };
         let st = store.clone();
-        let result = tokio::task::spawn_blocking(move || answer(&st, &m))
-            .await
-            .unwrap_or_else(|e| Err(ApiError::Internal(format!("check task failed: {e}"))));
-        let reply = match result {
-            Ok(r) => v1::CheckReply {
-                response: Some(r),
-                ..Default::default()
-            },
-            Err(e) => v1::CheckReply {
-                response: None,
-                error_code: e.code_name().into(),
-                error_message: e.message().into(),
-            },
+        let reply = match tokio::task::spawn_blocking(move || answer(&st, &m)).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "policy request task failed");
+                continue;
+            }
         };
         metrics::counter!("presence_policy_remote_checks_total").increment(1);
-        if let Err(e) = bus.publish(reply_to, reply.encode_to_vec().into()).await {
+        if let Err(e) = bus.publish(reply_to, reply.into()).await {
             tracing::warn!(error = %e, "policy check reply not sent");
         }
     }
@@ -134,5 +196,38 @@ pub async fn ask(
             &reply.error_code,
             reply.error_message,
         )),
+    }
+}
+
+/// Asks a policy node which targets `sel` names for `watcher`.
+pub async fn resolve(
+    bus: &SharedBus,
+    d: &DomainId,
+    watcher: &UserId,
+    sel: &v1::watch_request::Selector,
+    timeout: std::time::Duration,
+) -> ApiResult<Vec<String>> {
+    let req = v1::WatchRequest {
+        domain: d.to_string(),
+        watcher: watcher.to_string(),
+        selector: Some(sel.clone()),
+        ..Default::default()
+    };
+    let bytes = bus
+        .request(
+            subjects::policy_resolve(d),
+            req.encode_to_vec().into(),
+            timeout,
+        )
+        .await?;
+    let reply = v1::ResolveReply::decode(bytes)
+        .map_err(|e| ApiError::Internal(format!("malformed resolve reply: {e}")))?;
+    if reply.error_code.is_empty() {
+        Ok(reply.targets)
+    } else {
+        Err(ApiError::from_code_name(
+            &reply.error_code,
+            reply.error_message,
+        ))
     }
 }

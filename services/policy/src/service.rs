@@ -943,3 +943,80 @@ pub fn monitored_lines(
         }
     }
 }
+
+/// Returns the targets a watch selector names for `watcher` (deduplicated,
+/// in order): explicit targets, the watcher's monitored lines, everyone
+/// the watcher may see, a site's users or a queue's agents. More than
+/// `max` targets is `ResourceExhausted`.
+pub fn resolve_selector(
+    store: &Store,
+    d: &DomainId,
+    watcher: &UserId,
+    sel: &v1::watch_request::Selector,
+    max: usize,
+) -> ApiResult<Vec<String>> {
+    use v1::watch_request::Selector as S;
+    let too_many = |what: String| ApiError::ResourceExhausted(format!("{what}, at most {max}"));
+    let list: Vec<String> = match sel {
+        S::Targets(t) => {
+            if t.targets.len() > max {
+                return Err(too_many(format!("{} targets", t.targets.len())));
+            }
+            for x in &t.targets {
+                UserId::parse(x)?;
+            }
+            t.targets.clone()
+        }
+        S::MonitoredLines(_) => monitored_lines(store, d, watcher, max)?
+            .lines
+            .into_iter()
+            .map(|l| l.target)
+            .collect(),
+        S::EveryoneVisible(_) => {
+            let mut out = Vec::new();
+            let mut token = String::new();
+            loop {
+                let (page, next) = monitorable(store, d, watcher, &token, 1000)?;
+                out.extend(page.into_iter().map(|x| x.target));
+                if out.len() > max {
+                    return Err(too_many("more visible targets".into()));
+                }
+                if next.is_empty() {
+                    break out;
+                }
+                token = next;
+            }
+        }
+        S::Site(site) => {
+            let sid = SiteId::parse(site)?;
+            store.site(d, &sid)?;
+            let prefix = keys::prefix(keys::USER, &[d.as_str()]);
+            let mut out = Vec::new();
+            for row in store.scan(&prefix, None) {
+                let (_, v) = row?;
+                let u: v1::User = presence_directory::store::decode(&v)?;
+                if u.site == *site {
+                    out.push(u.id);
+                }
+            }
+            if out.len() > max {
+                return Err(too_many(format!("site {site} has more users")));
+            }
+            out
+        }
+        S::Queue(q) => {
+            let qid = UserId::parse(q)?;
+            store
+                .queue(d, &qid)?
+                .agents
+                .into_iter()
+                .map(|a| a.user)
+                .collect()
+        }
+    };
+    let mut seen = HashSet::new();
+    Ok(list
+        .into_iter()
+        .filter(|t| seen.insert(t.clone()))
+        .collect())
+}

@@ -58,6 +58,19 @@ pub struct Config {
     pub device_rate_burst: u32,
     /// Most access decisions cached by the ACL view.
     pub acl_cache_capacity: u64,
+    /// This node's id in a fanout cluster (`[A-Za-z0-9_-]`, unique);
+    /// empty means `<hostname>-<pid>`.
+    pub node_id: String,
+    /// Shard lease lifetime in a fanout cluster, milliseconds: a dead
+    /// node's shards move after at most about 1.3 times this.
+    pub lease_ttl_ms: u64,
+    /// How often a shard owner snapshots changed state, milliseconds.
+    pub snapshot_interval_ms: u64,
+    /// How long validated events stay in the shard input log, seconds.
+    pub shard_log_max_age_secs: u64,
+    /// Replicas of the JetStream buckets and stream (1 for one
+    /// nats-server; 3 for a three-node NATS cluster).
+    pub jetstream_replicas: usize,
 }
 
 impl Default for Config {
@@ -83,6 +96,11 @@ impl Default for Config {
             device_rate_per_second: 50,
             device_rate_burst: 200,
             acl_cache_capacity: 1_000_000,
+            node_id: String::new(),
+            lease_ttl_ms: 10_000,
+            snapshot_interval_ms: 1_000,
+            shard_log_max_age_secs: 3600,
+            jetstream_replicas: 1,
         }
     }
 }
@@ -109,6 +127,11 @@ pub const ENV_KEYS: &[&str] = &[
     "device_rate_per_second",
     "device_rate_burst",
     "acl_cache_capacity",
+    "node_id",
+    "lease_ttl_ms",
+    "snapshot_interval_ms",
+    "shard_log_max_age_secs",
+    "jetstream_replicas",
 ];
 
 /// Values given as command-line flags; unset ones do not override.
@@ -214,7 +237,19 @@ impl Config {
         if self.bus_capacity == 0 || self.bus_capacity > 1 << 20 {
             return Err(ConfigError("bus_capacity must be 1..=1048576".into()));
         }
-        let ranges: [(&str, u64, u64, u64); 8] = [
+        if !self.node_id.is_empty() && !presence_fanout::cluster::valid_node_id(&self.node_id) {
+            return Err(ConfigError(format!(
+                "node_id {:?} must be 1-64 letters, digits, '-' or '_'",
+                self.node_id
+            )));
+        }
+        if self.has_role("fanout") && !self.has_role("policy") && self.nats_url.is_empty() {
+            return Err(ConfigError(
+                "a fanout node without the policy role asks policy nodes over NATS: set nats_url"
+                    .into(),
+            ));
+        }
+        let ranges: [(&str, u64, u64, u64); 12] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -243,6 +278,20 @@ impl Config {
                 1_000_000,
             ),
             ("acl_cache_capacity", self.acl_cache_capacity, 1, 1 << 32),
+            ("lease_ttl_ms", self.lease_ttl_ms, 300, 600_000),
+            (
+                "snapshot_interval_ms",
+                self.snapshot_interval_ms,
+                10,
+                600_000,
+            ),
+            (
+                "shard_log_max_age_secs",
+                self.shard_log_max_age_secs,
+                60,
+                30 * 86_400,
+            ),
+            ("jetstream_replicas", self.jetstream_replicas as u64, 1, 5),
         ];
         for (name, v, lo, hi) in ranges {
             if v < lo || v > hi {
@@ -250,6 +299,29 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Returns the node id: the configured one or `<hostname>-<pid>`
+    /// (reduced to `[A-Za-z0-9_-]`).
+    pub fn node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "node".into());
+        let host: String = host
+            .trim()
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect();
+        let host = if host.is_empty() { "node".into() } else { host };
+        format!("{host}-{}", std::process::id())
     }
 
     /// Returns the parsed listen address.

@@ -44,6 +44,8 @@ const SERVICES: &[(&str, &str)] = &[
 pub struct Server {
     cfg: Config,
     bus: SharedBus,
+    /// The NATS connection, when there is one (JetStream for fanout).
+    nats: Option<async_nats::Client>,
     directory: Directory,
     policy: Policy,
     interceptor: AuthInterceptor,
@@ -113,8 +115,8 @@ impl Server {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
         let signer = load_or_create_key(&cfg)?;
-        let bus: SharedBus = if cfg.nats_url.is_empty() {
-            Arc::new(InProcessBus::new(cfg.bus_capacity))
+        let (bus, nats): (SharedBus, _) = if cfg.nats_url.is_empty() {
+            (Arc::new(InProcessBus::new(cfg.bus_capacity)), None)
         } else {
             let nc = NatsConfig {
                 url: cfg.nats_url.clone(),
@@ -122,7 +124,9 @@ impl Server {
                 connection_name: format!("presenced {}", cfg.roles.join(",")),
                 connect_timeout: Duration::from_secs(5),
             };
-            Arc::new(NatsBus::connect(&nc).await?)
+            let nb = NatsBus::connect(&nc).await?;
+            let client = nb.client().clone();
+            (Arc::new(nb), Some(client))
         };
         let store_dir = cfg.data_dir.join("directory");
         let store = tokio::task::spawn_blocking(move || Store::open(&store_dir))
@@ -145,6 +149,7 @@ impl Server {
         Ok(Self {
             cfg,
             bus,
+            nats,
             directory,
             policy,
             interceptor,
@@ -235,7 +240,17 @@ impl Server {
         }
         let fanout_role = self.cfg.has_role("fanout");
         let fanout = if fanout_role {
-            let acl = AclView::new(self.policy.store().clone(), self.cfg.acl_cache_capacity);
+            // Without the policy role, decisions come from policy nodes
+            // over NATS (config validation requires nats_url then).
+            let acl = if policy_role {
+                AclView::new(self.policy.store().clone(), self.cfg.acl_cache_capacity)
+            } else {
+                AclView::remote(
+                    self.bus.clone(),
+                    self.cfg.acl_cache_capacity,
+                    Duration::from_secs(5),
+                )
+            };
             let acl_sub = AclView::subscribe(&self.bus)
                 .await
                 .map_err(|e| anyhow::anyhow!("acl view: {e}"))?;
@@ -243,14 +258,26 @@ impl Server {
                 acl.clone().run(acl_sub, shutdown.clone()),
                 tracing::info_span!("acl_view"),
             ));
-            let fanout = Fanout::start(
-                self.fanout_config(),
-                self.policy.store().clone(),
-                acl,
-                self.bus.clone(),
-                &shutdown,
-                &tasks,
-            );
+            let fanout = match &self.nats {
+                // Over NATS, shards are owned across fanout nodes.
+                Some(client) => Fanout::start_cluster(
+                    self.fanout_config(),
+                    acl,
+                    self.bus.clone(),
+                    client.clone(),
+                    &shutdown,
+                    &tasks,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("fanout cluster: {e}"))?,
+                None => Fanout::start(
+                    self.fanout_config(),
+                    acl,
+                    self.bus.clone(),
+                    &shutdown,
+                    &tasks,
+                ),
+            };
             let hub_sub = presence_fanout::watch::Hub::subscribe(&self.bus);
             tasks.spawn(tracing::Instrument::instrument(
                 fanout.hub().run(hub_sub, shutdown.clone()),
@@ -333,6 +360,14 @@ impl Server {
         f.device_rate = presence_fanout::shard::RateLimit {
             per_second: c.device_rate_per_second,
             burst: c.device_rate_burst,
+        };
+        f.cluster = presence_fanout::cluster::ClusterConfig {
+            node_id: c.node_id(),
+            lease_ttl: Duration::from_millis(c.lease_ttl_ms),
+            snapshot_interval: Duration::from_millis(c.snapshot_interval_ms),
+            input_max_age: Duration::from_secs(c.shard_log_max_age_secs),
+            replicas: c.jetstream_replicas,
+            request_timeout: Duration::from_secs(5),
         };
         f
     }

@@ -1,0 +1,963 @@
+//! Distributed shard ownership over NATS JetStream.
+//!
+//! A deployment has a fixed number of shards; a user belongs to shard
+//! `shard_index(domain, user) mod S` on every node. Each shard is owned by
+//! exactly one live fanout node at a time:
+//!
+//! - **Membership**: every node heartbeats its id into the KV bucket
+//!   `presence_fanout_nodes` (entries expire after the lease TTL).
+//! - **Placement**: rendezvous hashing over the live nodes names each
+//!   shard's preferred node, so a joining or leaving node moves only its
+//!   share of shards.
+//! - **Leases**: the owner holds key `s<n>` in the KV bucket
+//!   `presence_shard_leases` (entries expire after the lease TTL), taken
+//!   with `create` (fails if held) and renewed with `update` at the
+//!   revision it holds (fails if anyone else wrote). A node that cannot
+//!   renew stops the shard at once, before its lease can expire and be
+//!   taken. The revision of the `create` is the owner's **term**.
+//! - **Input log**: entry nodes validate events and append them to the
+//!   JetStream stream `PRESENCE_SHARD_INPUT` on `presence.v1.shard.<n>.in`;
+//!   the owner consumes its subject in order. Events wait in the log while
+//!   a shard changes owner, so none is lost.
+//! - **Snapshots**: the owner writes its users' full state and the last
+//!   applied log sequence to key `s<n>` of the KV bucket
+//!   `presence_shard_states` (every snapshot interval when something
+//!   changed, and at hand-off), at the revision it last wrote, so a stale
+//!   owner cannot overwrite a newer snapshot.
+//! - **Takeover**: a new owner loads the snapshot, replays the log after
+//!   it (with each event's receive time, so the state is the same), then
+//!   raises every version to at least `term << 32` and publishes every
+//!   user: versions stay strictly increasing across owners, and watchers
+//!   converge to the true state.
+//! - **Reads**: the owner answers `presence.v1.shard.<n>.get`; edges retry
+//!   while a shard has no owner.
+
+use crate::convert::{event_from_proto, reject_reason, state_to_proto};
+use crate::shard::{RateLimit, Shard, SnapUser, UserKey, shard_index, sleep_until_opt};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use presence_bus::{SharedBus, subjects};
+use presence_core::presence::Limits;
+use presence_core::{ApiError, ApiResult, DomainId, UserId};
+use presence_proto::v1::{self, RejectReason};
+use prost::Message;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+/// KV bucket of live fanout nodes.
+pub const NODES_BUCKET: &str = "presence_fanout_nodes";
+/// KV bucket of shard leases.
+pub const LEASES_BUCKET: &str = "presence_shard_leases";
+/// KV bucket of shard snapshots.
+pub const STATES_BUCKET: &str = "presence_shard_states";
+/// JetStream stream of validated events per shard.
+pub const INPUT_STREAM: &str = "PRESENCE_SHARD_INPUT";
+
+/// Largest snapshot written (NATS' default max payload is 1 MiB).
+const MAX_SNAPSHOT: usize = 1000 * 1024;
+
+/// Settings of distributed shard ownership.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// This node's id: unique in the deployment, `[A-Za-z0-9_-]`.
+    pub node_id: String,
+    /// How long a lease (and a node's heartbeat) lives without renewal;
+    /// renewals happen every third of it. The first node to create the
+    /// buckets sets it for the deployment.
+    pub lease_ttl: Duration,
+    /// How often an owner snapshots a shard that changed.
+    pub snapshot_interval: Duration,
+    /// How long events stay in the input log.
+    pub input_max_age: Duration,
+    /// Replicas of the JetStream buckets and stream (1 for a single
+    /// nats-server, 3 for a three-node NATS cluster).
+    pub replicas: usize,
+    /// How long an entry node waits for an owner's verdict or a read.
+    pub request_timeout: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            node_id: String::new(),
+            lease_ttl: Duration::from_secs(10),
+            snapshot_interval: Duration::from_secs(1),
+            input_max_age: Duration::from_secs(3600),
+            replicas: 1,
+            request_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Returns whether `id` is a usable node id.
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// What a shard task needs to build its state.
+#[derive(Clone)]
+pub(crate) struct ShardParams {
+    pub limits: Limits,
+    pub rate: RateLimit,
+    pub bus: SharedBus,
+    pub clock: crate::shard::Clock,
+}
+
+/// A shard this node owns.
+struct Owned {
+    /// Lease revision last written.
+    revision: u64,
+    /// When the lease was last written.
+    renewed_at: tokio::time::Instant,
+    /// Stops the shard's task.
+    cancel: CancellationToken,
+    /// Whether the stop is a hand-off (write a final snapshot).
+    graceful: Arc<AtomicBool>,
+    /// Cancelled by the task when it has ended.
+    stopped: CancellationToken,
+}
+
+/// Shard ownership and routing of one fanout node.
+pub struct Cluster {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    nodes: kv::Store,
+    leases: kv::Store,
+    states: kv::Store,
+    input: stream::Stream,
+    cfg: ClusterConfig,
+    shards: usize,
+    params: ShardParams,
+    owned: Mutex<HashMap<usize, Owned>>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<v1::PublishResult>>>,
+    next_token: AtomicU64,
+    results: String,
+    tracker: TaskTracker,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("{what}: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(e) => e.into_inner(),
+    }
+}
+
+/// Opens KV bucket `name`, creating it if needed. The bucket's stream is
+/// created directly with the KV layout (ADR-8) because async-nats'
+/// `create_key_value` first reads account info in a shape nats-server
+/// 2.9 does not send.
+async fn bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> ApiResult<kv::Store> {
+    if let Ok(s) = js.get_key_value(name).await {
+        return Ok(s);
+    }
+    let cfg = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    if let Err(e) = js.get_or_create_stream(cfg).await {
+        return Err(unavailable(&format!("KV bucket {name}"), e));
+    }
+    js.get_key_value(name)
+        .await
+        .map_err(|e| unavailable(&format!("KV bucket {name}"), e))
+}
+
+/// Rendezvous hashing: the live node with the highest hash of
+/// (node, shard) is the shard's preferred owner.
+fn preferred(live: &[String], shard: usize) -> Option<&str> {
+    live.iter()
+        .max_by_key(|node| {
+            let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+            for b in node.bytes().chain([0u8]).chain(shard.to_le_bytes()) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+            // FNV alone mixes the last bytes poorly: finish with a
+            // splitmix64 round.
+            h ^= h >> 30;
+            h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            h ^= h >> 27;
+            h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+            h ^ (h >> 31)
+        })
+        .map(String::as_str)
+}
+
+fn lease_key(n: usize) -> String {
+    format!("s{n}")
+}
+
+/// The first version of a term: above every version of earlier terms
+/// (a term is a lease revision, far below 2^32).
+fn term_floor(term: u64) -> u64 {
+    term.min(u64::from(u32::MAX)) << 32
+}
+
+/// A shard's persisted state.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct Snapshot {
+    /// Last input-log sequence applied.
+    seq: u64,
+    /// Term of the owner that wrote it.
+    term: u64,
+    users: Vec<SnapUser>,
+}
+
+impl Cluster {
+    /// Connects the JetStream objects (creating them if needed), starts
+    /// the verdict listener and the ownership loop (tracked by `tracker`,
+    /// stopped by `shutdown`, which hands every owned shard off).
+    pub(crate) async fn start(
+        client: async_nats::Client,
+        cfg: ClusterConfig,
+        shards: usize,
+        params: ShardParams,
+        shutdown: &CancellationToken,
+        tracker: &TaskTracker,
+    ) -> ApiResult<Arc<Self>> {
+        if !valid_node_id(&cfg.node_id) {
+            return Err(ApiError::invalid(format!(
+                "node id {:?} must be 1-64 letters, digits, '-' or '_'",
+                cfg.node_id
+            )));
+        }
+        let js = jetstream::new(client.clone());
+        let replicas = cfg.replicas.max(1);
+        let nodes = bucket(&js, NODES_BUCKET, cfg.lease_ttl, replicas).await?;
+        let leases = bucket(&js, LEASES_BUCKET, cfg.lease_ttl, replicas).await?;
+        let states = bucket(&js, STATES_BUCKET, Duration::ZERO, replicas).await?;
+        let input = js
+            .get_or_create_stream(stream::Config {
+                name: INPUT_STREAM.into(),
+                subjects: vec![subjects::shard_input_all()],
+                max_age: cfg.input_max_age,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("stream PRESENCE_SHARD_INPUT", e))?;
+        let results = subjects::node_results(&cfg.node_id);
+        let verdicts = client
+            .subscribe(results.clone())
+            .await
+            .map_err(|e| unavailable("subscribe to verdicts", e))?;
+        let cluster = Arc::new(Self {
+            client,
+            js,
+            nodes,
+            leases,
+            states,
+            input,
+            cfg,
+            shards: shards.max(1),
+            params,
+            owned: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            next_token: AtomicU64::new(1),
+            results,
+            tracker: tracker.clone(),
+        });
+        tracker.spawn(cluster.clone().route_verdicts(verdicts, shutdown.clone()));
+        tracker.spawn(tracing::Instrument::instrument(
+            cluster.clone().run(shutdown.clone()),
+            tracing::info_span!("shard_ownership", node = %cluster.cfg.node_id),
+        ));
+        Ok(cluster)
+    }
+
+    /// Returns the shards this node owns now.
+    pub fn owned_shards(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = lock(&self.owned).keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    async fn route_verdicts(
+        self: Arc<Self>,
+        mut sub: async_nats::Subscriber,
+        shutdown: CancellationToken,
+    ) {
+        loop {
+            let m = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = sub.next() => match m {
+                    Some(m) => m,
+                    None => return,
+                },
+            };
+            let Ok(r) = v1::ShardResult::decode(m.payload) else {
+                tracing::warn!("undecodable shard verdict");
+                continue;
+            };
+            let waiter = lock(&self.pending).remove(&r.token);
+            tracing::debug!(token = r.token, found = waiter.is_some(), "verdict");
+            if let (Some(tx), Some(result)) = (waiter, r.result) {
+                let _ = tx.send(result);
+            }
+        }
+    }
+
+    /// Appends validated events to their shards' logs and waits for the
+    /// owners' verdicts (pipelined: all are appended before any verdict
+    /// is awaited).
+    pub(crate) async fn submit_and_wait(
+        &self,
+        events: Vec<(UserKey, v1::DeviceEvent)>,
+    ) -> Vec<v1::PublishResult> {
+        let mut waits = Vec::with_capacity(events.len());
+        for ((d, u), e) in events {
+            let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = oneshot::channel();
+            lock(&self.pending).insert(token, tx);
+            let input = v1::ShardInput {
+                event: Some(e),
+                received_at_ms: self.params.clock.now_ms(),
+                reply_to: self.results.clone(),
+                token,
+            };
+            let n = shard_index(&d, &u, self.shards);
+            let ack = self
+                .js
+                .publish(subjects::shard_input(n), input.encode_to_vec().into())
+                .await;
+            waits.push((token, ack, rx));
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for (token, ack, rx) in waits {
+            let stored = match ack {
+                Ok(f) => f.await.map(|_| ()).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            let result = match stored {
+                Err(e) => {
+                    lock(&self.pending).remove(&token);
+                    crate::service::rejected(
+                        RejectReason::Unspecified,
+                        format!("not stored in the shard log: {e}"),
+                    )
+                }
+                Ok(()) => match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+                    Ok(Ok(r)) => r,
+                    _ => {
+                        lock(&self.pending).remove(&token);
+                        v1::PublishResult {
+                            accepted: false,
+                            reason: RejectReason::Unspecified as i32,
+                            detail: "stored in the shard log; its owner has not confirmed yet \
+                                     (it applies the event once it runs)"
+                                .into(),
+                        }
+                    }
+                },
+            };
+            out.push(result);
+        }
+        out
+    }
+
+    /// Appends a validated event to its shard's log without waiting.
+    pub(crate) async fn submit(&self, key: &UserKey, e: v1::DeviceEvent) -> ApiResult<()> {
+        let input = v1::ShardInput {
+            event: Some(e),
+            received_at_ms: self.params.clock.now_ms(),
+            reply_to: String::new(),
+            token: 0,
+        };
+        let n = shard_index(&key.0, &key.1, self.shards);
+        self.client
+            .publish(subjects::shard_input(n), input.encode_to_vec().into())
+            .await
+            .map_err(|e| unavailable("append to shard log", e))
+    }
+
+    /// Reads the full (unredacted) states of `targets` from their owners,
+    /// retrying while a shard has no owner (for up to twice the lease
+    /// TTL).
+    pub(crate) async fn states(
+        &self,
+        d: &DomainId,
+        targets: &[String],
+    ) -> ApiResult<Vec<v1::PresenceState>> {
+        let mut by_shard: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, t) in targets.iter().enumerate() {
+            let u = UserId::parse(t)?;
+            by_shard
+                .entry(shard_index(d, &u, self.shards))
+                .or_default()
+                .push(i);
+        }
+        let reads = by_shard.into_iter().map(|(n, idx)| async move {
+            let req = v1::GetPresenceRequest {
+                domain: d.to_string(),
+                targets: idx.iter().map(|i| targets[*i].clone()).collect(),
+            };
+            let resp = self.read_shard(n, req).await?;
+            if resp.states.len() != idx.len() {
+                return Err(ApiError::Internal(format!(
+                    "shard {n} answered {} states for {} targets",
+                    resp.states.len(),
+                    idx.len()
+                )));
+            }
+            Ok::<_, ApiError>(idx.into_iter().zip(resp.states).collect::<Vec<_>>())
+        });
+        let mut out: Vec<Option<v1::PresenceState>> = vec![None; targets.len()];
+        for part in futures_util::future::join_all(reads).await {
+            for (i, s) in part? {
+                out[i] = Some(s);
+            }
+        }
+        out.into_iter()
+            .map(|s| s.ok_or_else(|| ApiError::Internal("missing state".into())))
+            .collect()
+    }
+
+    async fn read_shard(
+        &self,
+        n: usize,
+        req: v1::GetPresenceRequest,
+    ) -> ApiResult<v1::GetPresenceResponse> {
+        let payload: Bytes = req.encode_to_vec().into();
+        let deadline = tokio::time::Instant::now() + self.cfg.lease_ttl * 2;
+        let mut backoff = Duration::from_millis(20);
+        loop {
+            let r = tokio::time::timeout(
+                self.cfg.request_timeout,
+                self.client.request(subjects::shard_get(n), payload.clone()),
+            )
+            .await;
+            match r {
+                Ok(Ok(m)) => {
+                    return v1::GetPresenceResponse::decode(m.payload)
+                        .map_err(|e| ApiError::Internal(format!("malformed shard read: {e}")));
+                }
+                Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(shard = n, error = %e, "shard has no owner yet; retrying");
+                }
+                Ok(Err(e)) => return Err(unavailable(&format!("shard {n} has no owner"), e)),
+                Err(_) => return Err(ApiError::Unavailable(format!("shard {n} read timed out"))),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(500));
+        }
+    }
+
+    /// The ownership loop: heartbeat, renew, release, acquire, every
+    /// third of the lease TTL; at shutdown, hands every shard off.
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(self.cfg.lease_ttl / 3);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.step().await {
+                tracing::warn!(error = %e, "shard ownership step failed");
+            }
+        }
+        let owned: Vec<usize> = self.owned_shards();
+        for n in owned {
+            self.release(n, true).await;
+        }
+        if let Err(e) = self.nodes.delete(&self.cfg.node_id).await {
+            tracing::debug!(error = %e, "node heartbeat not removed");
+        }
+    }
+
+    async fn step(self: &Arc<Self>) -> ApiResult<()> {
+        let me = self.cfg.node_id.clone();
+        self.nodes
+            .put(&me, Bytes::from(me.clone()))
+            .await
+            .map_err(|e| unavailable("node heartbeat", e))?;
+        let mut live: Vec<String> = self
+            .nodes
+            .keys()
+            .await
+            .map_err(|e| unavailable("list nodes", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("list nodes", e))?;
+        live.sort();
+        metrics::gauge!("presence_fanout_cluster_nodes").set(live.len() as f64);
+        for n in 0..self.shards {
+            let mine = preferred(&live, n) == Some(me.as_str());
+            let held = {
+                let owned = lock(&self.owned);
+                owned
+                    .get(&n)
+                    .map(|o| (o.revision, o.renewed_at, o.stopped.is_cancelled()))
+            };
+            match held {
+                Some((_, _, true)) => {
+                    // The task ended on its own (error or fenced).
+                    self.release(n, false).await;
+                }
+                Some((_, _, false)) if !mine => self.release(n, true).await,
+                Some((rev, renewed_at, false)) => {
+                    match self
+                        .leases
+                        .update(lease_key(n), Bytes::from(me.clone()), rev)
+                        .await
+                    {
+                        Ok(r) => {
+                            if let Some(o) = lock(&self.owned).get_mut(&n) {
+                                o.revision = r;
+                                o.renewed_at = tokio::time::Instant::now();
+                            }
+                        }
+                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                            tracing::warn!(shard = n, "lease taken by another node; shard stopped");
+                            self.stop(n, false).await;
+                        }
+                        // A transient failure (e.g. NATS restarting): keep
+                        // the shard while the lease surely has not expired.
+                        Err(e) if renewed_at.elapsed() < self.cfg.lease_ttl * 2 / 3 => {
+                            tracing::info!(shard = n, error = %e, "lease renewal failed; retrying");
+                        }
+                        Err(e) => {
+                            tracing::warn!(shard = n, error = %e, "lease not renewed in time; shard stopped");
+                            self.stop(n, false).await;
+                        }
+                    }
+                }
+                None if mine => {
+                    if let Some(rev) = self.try_lease(n, &me).await {
+                        self.acquire(n, rev);
+                    }
+                }
+                None => {}
+            }
+        }
+        metrics::gauge!("presence_fanout_owned_shards").set(lock(&self.owned).len() as f64);
+        Ok(())
+    }
+
+    /// Takes shard `n`'s lease: free, or still naming this node from an
+    /// earlier run with the same node id (no task of ours runs it).
+    async fn try_lease(&self, n: usize, me: &str) -> Option<u64> {
+        match self
+            .leases
+            .create(lease_key(n), Bytes::from(me.to_owned()))
+            .await
+        {
+            Ok(rev) => Some(rev),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                let entry = self.leases.entry(lease_key(n)).await.ok()??;
+                if entry.operation != kv::Operation::Put || entry.value.as_ref() != me.as_bytes() {
+                    return None;
+                }
+                self.leases
+                    .update(lease_key(n), Bytes::from(me.to_owned()), entry.revision)
+                    .await
+                    .ok()
+            }
+            Err(e) => {
+                tracing::debug!(shard = n, error = %e, "lease not taken");
+                None
+            }
+        }
+    }
+
+    /// Stops shard `n`'s task (with a final snapshot if `graceful`) and
+    /// forgets it, without touching the lease.
+    async fn stop(&self, n: usize, graceful: bool) -> Option<u64> {
+        let o = lock(&self.owned).remove(&n)?;
+        o.graceful.store(graceful, Ordering::SeqCst);
+        o.cancel.cancel();
+        if tokio::time::timeout(self.cfg.request_timeout, o.stopped.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!(shard = n, "shard task did not stop in time");
+        }
+        Some(o.revision)
+    }
+
+    /// Stops shard `n` and gives its lease back (if still ours), so the
+    /// preferred node takes it at its next step.
+    async fn release(&self, n: usize, graceful: bool) {
+        if let Some(rev) = self.stop(n, graceful).await {
+            if let Err(e) = self
+                .leases
+                .delete_expect_revision(lease_key(n), Some(rev))
+                .await
+            {
+                tracing::debug!(shard = n, error = %e, "lease not released (expired or taken)");
+            }
+            tracing::info!(shard = n, graceful, "shard released");
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, n: usize, term: u64) {
+        let cancel = CancellationToken::new();
+        let graceful = Arc::new(AtomicBool::new(false));
+        let stopped = CancellationToken::new();
+        lock(&self.owned).insert(
+            n,
+            Owned {
+                revision: term,
+                renewed_at: tokio::time::Instant::now(),
+                cancel: cancel.clone(),
+                graceful: graceful.clone(),
+                stopped: stopped.clone(),
+            },
+        );
+        tracing::info!(shard = n, term, "shard acquired");
+        metrics::counter!("presence_fanout_shard_takeovers_total").increment(1);
+        let me = self.clone();
+        self.tracker.spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(e) = me.own(n, term, cancel, graceful).await {
+                    tracing::warn!(shard = n, error = %e, "shard task ended");
+                }
+                stopped.cancel();
+            },
+            tracing::info_span!("owned_shard", shard = n, term),
+        ));
+    }
+
+    /// Runs an owned shard: restore, replay, then apply the log live,
+    /// answer reads, expire and snapshot until cancelled.
+    async fn own(
+        &self,
+        n: usize,
+        term: u64,
+        cancel: CancellationToken,
+        graceful: Arc<AtomicBool>,
+    ) -> ApiResult<()> {
+        let key = lease_key(n);
+        let subject = subjects::shard_input(n);
+        let (snap, mut snap_rev) = match self
+            .states
+            .entry(key.clone())
+            .await
+            .map_err(|e| unavailable("read snapshot", e))?
+        {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let s: Snapshot = serde_json::from_slice(&e.value).map_err(|err| {
+                    ApiError::Internal(format!("corrupt snapshot of {key}: {err}"))
+                })?;
+                (s, e.revision)
+            }
+            _ => (Snapshot::default(), 0),
+        };
+        let p = &self.params;
+        let mut shard = Shard::new(n, p.limits, p.rate, p.bus.clone(), p.clock);
+        shard.publishing = false;
+        let mut applied = snap.seq;
+        shard.restore(snap.users);
+        let last = match self.input.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m.sequence,
+            Err(_) => 0,
+        };
+        let mut reconnects = self.params.bus.reconnects();
+        let mut log = self.open_log(&subject, applied).await?;
+        // Replay what the previous owner may not have snapshotted.
+        let mut replayed = 0u64;
+        while applied < last {
+            let m = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                r = reconnects.changed() => {
+                    if r.is_err() {
+                        return Err(ApiError::Unavailable("bus closed".into()));
+                    }
+                    log = self.open_log(&subject, applied).await?;
+                    continue;
+                }
+                m = log.next() => m,
+            };
+            match m {
+                Some(Ok(m)) => {
+                    applied = self.apply_logged(&mut shard, &m, applied, true).await;
+                    replayed += 1;
+                }
+                Some(Err(e)) => tracing::warn!(error = %e, "shard log read failed"),
+                None => return Err(ApiError::Unavailable("shard log ended".into())),
+            }
+        }
+        // Go live: a new term above every published version.
+        shard.publishing = true;
+        let now = shard.clock.now_ms();
+        shard.expire_until(now).await;
+        shard.raise_all(term_floor(term)).await;
+        let mut gets = self
+            .client
+            .subscribe(subjects::shard_get(n))
+            .await
+            .map_err(|e| unavailable("shard reads", e))?;
+        tracing::info!(shard = n, replayed, from = snap.seq, "shard live");
+        snap_rev = self.snapshot(&shard, &key, applied, term, snap_rev).await?;
+        let mut dirty = false;
+        let mut tick = tokio::time::interval(self.cfg.snapshot_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next = shard.next_deadline();
+            tokio::select! {
+                _ = cancel.cancelled() => {
+                    if graceful.load(Ordering::SeqCst) && dirty {
+                        self.snapshot(&shard, &key, applied, term, snap_rev).await?;
+                    }
+                    return Ok(());
+                }
+                r = reconnects.changed() => {
+                    if r.is_err() {
+                        return Err(ApiError::Unavailable("bus closed".into()));
+                    }
+                    // The server may have lost the consumer: resume after
+                    // the last applied event.
+                    log = self.open_log(&subject, applied).await?;
+                }
+                m = log.next() => match m {
+                    Some(Ok(m)) => {
+                        applied = self.apply_logged(&mut shard, &m, applied, false).await;
+                        dirty = true;
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "shard log read failed"),
+                    None => return Err(ApiError::Unavailable("shard log ended".into())),
+                },
+                g = gets.next() => match g {
+                    Some(g) => self.answer_read(&shard, g).await,
+                    None => return Err(ApiError::Unavailable("shard reads ended".into())),
+                },
+                _ = tick.tick(), if dirty => {
+                    snap_rev = self.snapshot(&shard, &key, applied, term, snap_rev).await?;
+                    dirty = false;
+                }
+                _ = sleep_until_opt(next) => {
+                    let now = shard.clock.now_ms();
+                    if shard.expire_until(now).await {
+                        dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Opens an ordered consumer of a shard's log after sequence `applied`.
+    async fn open_log(&self, subject: &str, applied: u64) -> ApiResult<consumer::pull::Ordered> {
+        self.input
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: subject.to_owned(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: applied + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("shard log consumer", e))?
+            .messages()
+            .await
+            .map_err(|e| unavailable("shard log", e))
+    }
+
+    /// Applies one logged event; returns its log sequence.
+    async fn apply_logged(
+        &self,
+        shard: &mut Shard,
+        m: &jetstream::Message,
+        applied: u64,
+        replay: bool,
+    ) -> u64 {
+        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(applied + 1);
+        if seq <= applied {
+            return applied; // delivered again after a consumer restart
+        }
+        let input = match v1::ShardInput::decode(m.payload.clone()) {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "undecodable shard input skipped");
+                return seq;
+            }
+        };
+        let now = input.received_at_ms;
+        tracing::debug!(seq, replay, reply = %input.reply_to, "applying logged event");
+        if replay {
+            // Expire what was due before this event, as the previous
+            // owner did.
+            shard.expire_until(now).await;
+        }
+        let result = match input.event.as_ref().map(|e| {
+            (
+                DomainId::parse(&e.domain),
+                UserId::parse(&e.user),
+                event_from_proto(e),
+            )
+        }) {
+            Some((Ok(d), Ok(u), Ok(ev))) => match shard.apply((d, u), &ev, now).await {
+                Ok(changed) => {
+                    metrics::counter!("presence_fanout_events_applied_total").increment(1);
+                    if !changed {
+                        metrics::counter!("presence_fanout_events_unchanged_total").increment(1);
+                    }
+                    v1::PublishResult {
+                        accepted: true,
+                        reason: RejectReason::Unspecified as i32,
+                        detail: String::new(),
+                    }
+                }
+                Err(r) => crate::service::rejected(reject_reason(r), format!("{r:?}")),
+            },
+            _ => crate::service::rejected(RejectReason::Malformed, "malformed shard input"),
+        };
+        if !input.reply_to.is_empty() {
+            let r = v1::ShardResult {
+                token: input.token,
+                result: Some(result),
+            };
+            if let Err(e) = self
+                .client
+                .publish(input.reply_to, r.encode_to_vec().into())
+                .await
+            {
+                tracing::debug!(error = %e, "verdict not sent");
+            }
+        }
+        seq
+    }
+
+    async fn answer_read(&self, shard: &Shard, m: async_nats::Message) {
+        let Some(reply) = m.reply else { return };
+        let resp = match v1::GetPresenceRequest::decode(m.payload) {
+            Ok(req) => {
+                let keys: Vec<(UserKey, String)> = req
+                    .targets
+                    .iter()
+                    .filter_map(|t| {
+                        Some((
+                            (DomainId::parse(&req.domain).ok()?, UserId::parse(t).ok()?),
+                            t.clone(),
+                        ))
+                    })
+                    .collect();
+                let ks: Vec<UserKey> = keys.iter().map(|(k, _)| k.clone()).collect();
+                let states = shard
+                    .get(&ks)
+                    .iter()
+                    .zip(&keys)
+                    .map(|(a, (_, t))| state_to_proto(&req.domain, t, a, true))
+                    .collect();
+                v1::GetPresenceResponse {
+                    states,
+                    denied: Vec::new(),
+                }
+            }
+            Err(_) => v1::GetPresenceResponse::default(),
+        };
+        if let Err(e) = self
+            .client
+            .publish(reply, resp.encode_to_vec().into())
+            .await
+        {
+            tracing::debug!(error = %e, "shard read not answered");
+        }
+    }
+
+    /// Writes the shard's snapshot at the revision this owner last wrote
+    /// (fencing a stale owner); returns the new revision.
+    async fn snapshot(
+        &self,
+        shard: &Shard,
+        key: &str,
+        seq: u64,
+        term: u64,
+        rev: u64,
+    ) -> ApiResult<u64> {
+        let snap = Snapshot {
+            seq,
+            term,
+            users: shard.export(),
+        };
+        let bytes = serde_json::to_vec(&snap)
+            .map_err(|e| ApiError::Internal(format!("encode snapshot: {e}")))?;
+        if bytes.len() > MAX_SNAPSHOT {
+            metrics::counter!("presence_fanout_snapshot_too_large_total").increment(1);
+            tracing::error!(
+                key,
+                bytes = bytes.len(),
+                "shard snapshot too large; use more shards (the input log still covers it)"
+            );
+            return Ok(rev);
+        }
+        let r = if rev == 0 {
+            self.states
+                .create(key, bytes.into())
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            self.states
+                .update(key, bytes.into(), rev)
+                .await
+                .map_err(|e| e.to_string())
+        };
+        metrics::counter!("presence_fanout_snapshots_total").increment(1);
+        r.map_err(|e| ApiError::Unavailable(format!("snapshot of {key} not written: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_rendezvous_spreads_and_moves_only_the_leavers_share() {
+        let three: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let two: Vec<String> = ["a", "b"].iter().map(|s| s.to_string()).collect();
+        let mut count: HashMap<&str, usize> = HashMap::new();
+        for n in 0..300 {
+            let p3 = preferred(&three, n);
+            *count.entry(p3.unwrap_or("")).or_default() += 1;
+            if p3 != Some("c") {
+                assert_eq!(preferred(&two, n), p3, "shard {n} moved without need");
+            }
+        }
+        for node in ["a", "b", "c"] {
+            let c = count.get(node).copied().unwrap_or(0);
+            assert!(
+                (60..=140).contains(&c),
+                "{node} prefers {c} of 300: {count:?}"
+            );
+        }
+        assert_eq!(preferred(&[], 1), None);
+    }
+
+    #[test]
+    fn test_terms_order_versions() {
+        assert!(term_floor(2) > term_floor(1) + 1_000_000);
+        assert_eq!(term_floor(0), 0);
+        assert!(valid_node_id("node-1_a"));
+        assert!(!valid_node_id("node.1"));
+        assert!(!valid_node_id(""));
+    }
+}

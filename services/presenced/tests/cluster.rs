@@ -1,0 +1,372 @@
+//! Distributed fanout with real processes: three (then four) presenced
+//! nodes share one nats-server with JetStream. Node `a` holds the
+//! directory and policy; the others are fanout-only nodes asking it over
+//! NATS. Shards spread over the nodes through JetStream KV leases; a
+//! watcher on node `b` follows users whose shards live on other nodes.
+//! Killing a node with -9 moves its shards to the survivors, which
+//! restore the snapshot, replay the input log and keep every state
+//! (registrations included); a joining node takes its share by hand-off.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use async_nats::jetstream;
+use presence_client::{PresenceClient, connect};
+use presence_proto::v1::{self, device_event::Kind as K, watch_event::Event as E};
+use presence_testkit::NatsServer;
+use prost::Message;
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tonic::Streaming;
+
+const SHARDS: usize = 32;
+const USERS: usize = 24;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a node and waits for its ready file.
+fn node(dir: &Path, id: &str, roles: &str, nats: &str, key: Option<&Path>) -> (Proc, String) {
+    let data = dir.join(id);
+    let ready = dir.join(format!("{id}.ready"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--nats-url", nats, "--roles", roles])
+        .arg("--ready-file")
+        .arg(&ready)
+        .env("PRESENCE_NODE_ID", id)
+        .env("PRESENCE_SHARDS", SHARDS.to_string())
+        .env("PRESENCE_LEASE_TTL_MS", "1500")
+        .env("PRESENCE_SNAPSHOT_INTERVAL_MS", "100")
+        .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Some(k) = key {
+        cmd.env("PRESENCE_AUTH_KEY_FILE", k);
+    }
+    let mut child = Proc(cmd.spawn().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(&ready)
+            && !addr.is_empty()
+        {
+            return (child, format!("http://{addr}"));
+        }
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "node {id} exited before it was ready"
+        );
+        assert!(Instant::now() < deadline, "node {id} did not become ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Owner of each shard per the lease bucket (None: free).
+async fn owners(js: &jetstream::Context) -> Vec<Option<String>> {
+    let Ok(kv) = js.get_key_value("presence_shard_leases").await else {
+        return vec![None; SHARDS];
+    };
+    let mut out = Vec::new();
+    for n in 0..SHARDS {
+        let e = kv.entry(format!("s{n}")).await.unwrap();
+        out.push(
+            e.filter(|e| e.operation == jetstream::kv::Operation::Put)
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned()),
+        );
+    }
+    out
+}
+
+/// Waits until every shard is owned by one of `nodes` and each of them
+/// owns at least one (ownership is visible in the lease bucket).
+async fn wait_spread(js: &jetstream::Context, nodes: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = owners(js).await;
+        let all: Option<Vec<String>> = o.into_iter().collect();
+        if let Some(all) = all {
+            let used: HashSet<&str> = all.iter().map(String::as_str).collect();
+            if all.iter().all(|x| nodes.contains(&x.as_str())) && used.len() == nodes.len() {
+                return all;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shards never spread over {nodes:?}: {:?}",
+            owners(js).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn user(i: usize) -> String {
+    format!("u{i:02}")
+}
+
+fn event(u: &str, seq: u64, kind: K) -> v1::DeviceEvent {
+    v1::DeviceEvent {
+        domain: "acme".into(),
+        user: u.into(),
+        device: format!("dev-{u}"),
+        sequence: seq,
+        at_ms: 0,
+        kind: Some(kind),
+    }
+}
+
+fn call(state: v1::CallState) -> K {
+    K::Call(v1::CallUpdate {
+        call_id: "c1".into(),
+        state: state as i32,
+        direction: v1::Direction::Inbound as i32,
+        remote_number: "+15550100".into(),
+        remote_name: "Caller".into(),
+    })
+}
+
+async fn publish_nats(nc: &async_nats::Client, e: v1::DeviceEvent) {
+    nc.publish(
+        format!("presence.v1.in.acme.{}", e.user),
+        e.encode_to_vec().into(),
+    )
+    .await
+    .unwrap();
+}
+
+/// Reads the stream until every user's state satisfies `pred`, checking
+/// that versions only increase per user.
+async fn until_all(
+    s: &mut Streaming<v1::WatchEvent>,
+    seen: &mut HashMap<String, v1::PresenceState>,
+    what: &str,
+    pred: impl Fn(&v1::PresenceState) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let ok = (0..USERS).all(|i| seen.get(&user(i)).is_some_and(&pred));
+        if ok {
+            return;
+        }
+        let m = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .unwrap_or_else(|_| panic!("watcher never saw {what}: {seen:?}"))
+            .unwrap()
+            .expect("stream ended");
+        if let Some(E::State(st)) = m.event {
+            if let Some(old) = seen.get(&st.user) {
+                assert!(
+                    st.version > old.version,
+                    "version of {} went from {} to {}",
+                    st.user,
+                    old.version,
+                    st.version
+                );
+            }
+            seen.insert(st.user.clone(), st);
+        }
+    }
+}
+
+async fn admin_client(url: &str, dir: &Path) -> PresenceClient {
+    let token = std::fs::read_to_string(dir.join("a/bootstrap-admin.token")).unwrap();
+    connect(url, Some(token.trim())).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_shards_spread_survive_kill_9_and_rebalance_on_join() {
+    let nats = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (_a, url_a) = node(dir, "a", "directory,policy,fanout", nats.url(), None);
+    let key = dir.join("a/auth.key");
+    let (_b, url_b) = node(dir, "b", "fanout", nats.url(), Some(&key));
+    let (mut c, _url_c) = node(dir, "c", "fanout", nats.url(), Some(&key));
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let js = jetstream::new(nc.clone());
+    wait_spread(&js, &["a", "b", "c"]).await;
+
+    // The directory lives on a; b and c ask it over NATS.
+    let mut admin = admin_client(&url_a, dir).await;
+    admin
+        .directory
+        .create_domain(v1::CreateDomainRequest {
+            id: "acme".into(),
+            name: "Acme".into(),
+            dns_name: "acme.example.com".into(),
+        })
+        .await
+        .unwrap();
+    let mut ids = vec!["boss".to_string()];
+    ids.extend((0..USERS).map(user));
+    for id in &ids {
+        let scope = if id == "boss" {
+            v1::Scope::OfficeManager
+        } else {
+            v1::Scope::CallCenterAgent
+        };
+        admin
+            .directory
+            .create_user(v1::CreateUserRequest {
+                domain: "acme".into(),
+                id: id.clone(),
+                profile: Some(v1::Profile {
+                    first_name: id.clone(),
+                    last_name: "Test".into(),
+                    ..Default::default()
+                }),
+                scope: scope as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    let gateway = admin
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: "gateway".into(),
+                    domains: vec!["acme".into()],
+                    rights: vec!["presence.watch".into(), "presence.publish".into()],
+                },
+            )),
+            ttl_seconds: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+
+    // The office manager's console, served by fanout-only node b.
+    let mut gw_b = connect(&url_b, Some(&gateway)).await.unwrap();
+    let mut s = gw_b
+        .presence
+        .watch(v1::WatchRequest {
+            domain: "acme".into(),
+            watcher: "boss".into(),
+            selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+                targets: (0..USERS).map(user).collect(),
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut seen = HashMap::new();
+
+    // Phones register and ring, through NATS ingest (any node validates,
+    // the owner of each user's shard applies).
+    for i in 0..USERS {
+        let u = user(i);
+        publish_nats(
+            &nc,
+            event(
+                &u,
+                1,
+                K::Registration(v1::Registration {
+                    expires_seconds: 3600,
+                }),
+            ),
+        )
+        .await;
+        publish_nats(&nc, event(&u, 2, call(v1::CallState::Early))).await;
+    }
+    until_all(&mut s, &mut seen, "every phone ringing", |st| {
+        st.telephony == v1::TelephonyStatus::Ringing as i32
+            // No pickup grant: caller identity is masked, on b as anywhere.
+            && st.calls.first().is_some_and(|c| c.remote_number.is_empty())
+    })
+    .await;
+
+    // kill -9 node c: its shards have no owner until their leases expire.
+    let before = owners(&js).await;
+    let on_c: Vec<usize> = (0..SHARDS)
+        .filter(|n| before[*n].as_deref() == Some("c"))
+        .collect();
+    assert!(!on_c.is_empty(), "c owned shards: {before:?}");
+    c.0.kill().unwrap();
+    c.0.wait().unwrap();
+    // Events sent meanwhile wait in the shard log.
+    for i in 0..USERS {
+        publish_nats(&nc, event(&user(i), 3, call(v1::CallState::Confirmed))).await;
+    }
+    let after = wait_spread(&js, &["a", "b"]).await;
+    for n in &on_c {
+        assert_ne!(after[*n], "c");
+    }
+    until_all(
+        &mut s,
+        &mut seen,
+        "every call answered after the takeover",
+        |st| st.telephony == v1::TelephonyStatus::Connected as i32,
+    )
+    .await;
+    // Registrations survived the crash (snapshot + log): still reachable.
+    let got = gw_b
+        .presence
+        .get_presence(v1::GetPresenceRequest {
+            domain: "acme".into(),
+            targets: (0..USERS).map(user).collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.states.len(), USERS);
+    for st in &got.states {
+        assert_eq!(st.presence, v1::PresenceStatus::Busy as i32, "{st:?}");
+        assert_eq!(
+            st.telephony,
+            v1::TelephonyStatus::Connected as i32,
+            "{st:?}"
+        );
+        assert_eq!(st.version, seen[&st.user].version, "watcher has the latest");
+    }
+
+    // A node joins: it takes its share by hand-off (final snapshot, lease
+    // released) and the states stay exact.
+    let (_d, url_d) = node(dir, "d", "fanout", nats.url(), Some(&key));
+    wait_spread(&js, &["a", "b", "d"]).await;
+    let mut gw_d = connect(&url_d, Some(&gateway)).await.unwrap();
+    let r = gw_d
+        .presence
+        .publish(v1::PublishRequest {
+            events: (0..USERS)
+                .map(|i| event(&user(i), 4, call(v1::CallState::Held)))
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.results.iter().all(|x| x.accepted), "{r:?}");
+    until_all(
+        &mut s,
+        &mut seen,
+        "every call on hold after the join",
+        |st| st.telephony == v1::TelephonyStatus::OnHold as i32,
+    )
+    .await;
+    // A stale sequence is still rejected by the new owners (device state
+    // moved with the shard).
+    let r = gw_d
+        .presence
+        .publish(v1::PublishRequest {
+            events: vec![event(&user(0), 2, call(v1::CallState::Early))],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.results[0].reason,
+        v1::RejectReason::StaleSequence as i32,
+        "{r:?}"
+    );
+}
