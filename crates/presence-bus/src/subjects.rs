@@ -57,18 +57,6 @@ pub fn policy_check(domain: &DomainId, pickup: bool) -> String {
     format!("{PREFIX}.policy.{q}.{domain}")
 }
 
-/// Validated device events on their way to the owner of shard `n`
-/// (captured by the JetStream stream `PRESENCE_SHARD_INPUT`):
-/// `presence.v1.shard.<n>.in`.
-pub fn shard_input(n: usize) -> String {
-    format!("{PREFIX}.shard.{n}.in")
-}
-
-/// Pattern of every shard's input: `presence.v1.shard.*.in`.
-pub fn shard_input_all() -> String {
-    format!("{PREFIX}.shard.*.in")
-}
-
 /// State reads answered by the owner of shard `n`:
 /// `presence.v1.shard.<n>.get`.
 pub fn shard_get(n: usize) -> String {
@@ -113,22 +101,19 @@ mod tests {
             acl(&d),
             directory(&d),
             mail(&d),
-            shard_input(7),
             shard_get(7),
             node_results("node-1"),
             policy_resolve(&d),
         ] {
             assert!(valid_subject(&s), "{s}");
         }
-        for p in [ingest_all(), acl_all(), directory_all(), shard_input_all()] {
+        for p in [ingest_all(), acl_all(), directory_all()] {
             assert!(valid_pattern(&p), "{p}");
         }
         assert!(matches(&ingest_all(), &ingest(&d, &u)));
         assert!(matches(&directory_all(), &directory(&d)));
         assert!(matches(&acl_all(), &acl(&d)));
         assert!(!matches(&directory_all(), &acl(&d)));
-        assert!(matches(&shard_input_all(), &shard_input(7)));
-        assert!(!matches(&shard_input_all(), &shard_get(7)));
         assert!(matches(&policy_check_all(), &policy_resolve(&d)));
         assert_eq!(directory(&d), "presence.v1.dir.acme");
         Ok(())

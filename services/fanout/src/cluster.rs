@@ -15,24 +15,29 @@
 //!   revision it holds (fails if anyone else wrote). A node that cannot
 //!   renew stops the shard at once, before its lease can expire and be
 //!   taken. The revision of the `create` is the owner's **term**.
-//! - **Input log**: entry nodes validate events and append them to the
-//!   JetStream stream `PRESENCE_SHARD_INPUT` on `presence.v1.shard.<n>.in`;
-//!   the owner consumes its subject in order. Events wait in the log while
-//!   a shard changes owner, so none is lost.
+//! - **Input log**: the JetStream stream `PRESENCE_INGEST` captures the
+//!   ingest subjects `presence.v1.in.<domain>.<user>` on the server, in
+//!   the order they arrive (gRPC `Publish` appends there too, with reply
+//!   headers). Each node reads it once and hands every event to the task
+//!   of the shard it belongs to, if it owns that shard. Events wait in the
+//!   stream while a shard changes owner, so none is lost, and one user's
+//!   events keep their order whatever node they entered through.
 //! - **Snapshots**: the owner writes its users' full state and the last
-//!   applied log sequence to key `s<n>` of the KV bucket
+//!   log sequence it has covered to key `s<n>` of the KV bucket
 //!   `presence_shard_states` (every snapshot interval when something
 //!   changed, and at hand-off), at the revision it last wrote, so a stale
 //!   owner cannot overwrite a newer snapshot.
-//! - **Takeover**: a new owner loads the snapshot, replays the log after
-//!   it (with each event's receive time, so the state is the same), then
+//! - **Takeover**: a new owner loads the snapshot, replays its shard's
+//!   events from the log after it (with each event's time of arrival in
+//!   the log as "now", so the state is the same), then
 //!   raises every version to at least `term << 32` and publishes every
 //!   user: versions stay strictly increasing across owners, and watchers
 //!   converge to the true state.
 //! - **Reads**: the owner answers `presence.v1.shard.<n>.get`; edges retry
 //!   while a shard has no owner.
 
-use crate::convert::{event_from_proto, reject_reason, state_to_proto};
+use crate::convert::{reject_reason, state_to_proto};
+use crate::service::{check_event, ingest_target, rejected};
 use crate::shard::{RateLimit, Shard, SnapUser, UserKey, shard_index, sleep_until_opt};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -45,7 +50,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -57,8 +62,14 @@ pub const NODES_BUCKET: &str = "presence_fanout_nodes";
 pub const LEASES_BUCKET: &str = "presence_shard_leases";
 /// KV bucket of shard snapshots.
 pub const STATES_BUCKET: &str = "presence_shard_states";
-/// JetStream stream of validated events per shard.
-pub const INPUT_STREAM: &str = "PRESENCE_SHARD_INPUT";
+/// JetStream stream capturing the ingest subjects.
+pub const INGEST_STREAM: &str = "PRESENCE_INGEST";
+/// Header naming where the owner sends its verdict.
+const REPLY_HEADER: &str = "Presence-Reply";
+/// Header carrying the token of a verdict.
+const TOKEN_HEADER: &str = "Presence-Token";
+/// Events queued per owned shard before the node's reader waits.
+const SHARD_INBOX: usize = 4096;
 
 /// Largest snapshot written (NATS' default max payload is 1 MiB).
 const MAX_SNAPSHOT: usize = 1000 * 1024;
@@ -112,6 +123,7 @@ pub(crate) struct ShardParams {
     pub rate: RateLimit,
     pub bus: SharedBus,
     pub clock: crate::shard::Clock,
+    pub acl: presence_policy::AclView,
 }
 
 /// A shard this node owns.
@@ -126,6 +138,8 @@ struct Owned {
     graceful: Arc<AtomicBool>,
     /// Cancelled by the task when it has ended.
     stopped: CancellationToken,
+    /// Where the node's log reader hands this shard's events.
+    inbox: mpsc::Sender<jetstream::Message>,
 }
 
 /// Shard ownership and routing of one fanout node.
@@ -135,7 +149,9 @@ pub struct Cluster {
     nodes: kv::Store,
     leases: kv::Store,
     states: kv::Store,
-    input: stream::Stream,
+    ingest: stream::Stream,
+    /// Sequence of the last log message the reader handed out.
+    position: AtomicU64,
     cfg: ClusterConfig,
     shards: usize,
     params: ShardParams,
@@ -255,17 +271,17 @@ impl Cluster {
         let nodes = bucket(&js, NODES_BUCKET, cfg.lease_ttl, replicas).await?;
         let leases = bucket(&js, LEASES_BUCKET, cfg.lease_ttl, replicas).await?;
         let states = bucket(&js, STATES_BUCKET, Duration::ZERO, replicas).await?;
-        let input = js
+        let ingest = js
             .get_or_create_stream(stream::Config {
-                name: INPUT_STREAM.into(),
-                subjects: vec![subjects::shard_input_all()],
+                name: INGEST_STREAM.into(),
+                subjects: vec![subjects::ingest_all()],
                 max_age: cfg.input_max_age,
                 storage: stream::StorageType::File,
                 num_replicas: cfg.replicas.max(1),
                 ..Default::default()
             })
             .await
-            .map_err(|e| unavailable("stream PRESENCE_SHARD_INPUT", e))?;
+            .map_err(|e| unavailable("stream PRESENCE_INGEST", e))?;
         let results = subjects::node_results(&cfg.node_id);
         let verdicts = client
             .subscribe(results.clone())
@@ -277,7 +293,8 @@ impl Cluster {
             nodes,
             leases,
             states,
-            input,
+            ingest,
+            position: AtomicU64::new(0),
             cfg,
             shards: shards.max(1),
             params,
@@ -288,6 +305,10 @@ impl Cluster {
             tracker: tracker.clone(),
         });
         tracker.spawn(cluster.clone().route_verdicts(verdicts, shutdown.clone()));
+        tracker.spawn(tracing::Instrument::instrument(
+            cluster.clone().read_log(shutdown.clone()),
+            tracing::info_span!("ingest_log"),
+        ));
         tracker.spawn(tracing::Instrument::instrument(
             cluster.clone().run(shutdown.clone()),
             tracing::info_span!("shard_ownership", node = %cluster.cfg.node_id),
@@ -339,16 +360,12 @@ impl Cluster {
             let token = self.next_token.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             lock(&self.pending).insert(token, tx);
-            let input = v1::ShardInput {
-                event: Some(e),
-                received_at_ms: self.params.clock.now_ms(),
-                reply_to: self.results.clone(),
-                token,
-            };
-            let n = shard_index(&d, &u, self.shards);
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(REPLY_HEADER, self.results.as_str());
+            headers.insert(TOKEN_HEADER, token.to_string().as_str());
             let ack = self
                 .js
-                .publish(subjects::shard_input(n), input.encode_to_vec().into())
+                .publish_with_headers(subjects::ingest(&d, &u), headers, e.encode_to_vec().into())
                 .await;
             waits.push((token, ack, rx));
         }
@@ -361,9 +378,9 @@ impl Cluster {
             let result = match stored {
                 Err(e) => {
                     lock(&self.pending).remove(&token);
-                    crate::service::rejected(
+                    rejected(
                         RejectReason::Unspecified,
-                        format!("not stored in the shard log: {e}"),
+                        format!("not stored in the ingest log: {e}"),
                     )
                 }
                 Ok(()) => match tokio::time::timeout(self.cfg.request_timeout, rx).await {
@@ -373,8 +390,8 @@ impl Cluster {
                         v1::PublishResult {
                             accepted: false,
                             reason: RejectReason::Unspecified as i32,
-                            detail: "stored in the shard log; its owner has not confirmed yet \
-                                     (it applies the event once it runs)"
+                            detail: "stored in the ingest log; the shard's owner has not \
+                                     confirmed yet (it applies the event once it runs)"
                                 .into(),
                         }
                     }
@@ -383,21 +400,6 @@ impl Cluster {
             out.push(result);
         }
         out
-    }
-
-    /// Appends a validated event to its shard's log without waiting.
-    pub(crate) async fn submit(&self, key: &UserKey, e: v1::DeviceEvent) -> ApiResult<()> {
-        let input = v1::ShardInput {
-            event: Some(e),
-            received_at_ms: self.params.clock.now_ms(),
-            reply_to: String::new(),
-            token: 0,
-        };
-        let n = shard_index(&key.0, &key.1, self.shards);
-        self.client
-            .publish(subjects::shard_input(n), input.encode_to_vec().into())
-            .await
-            .map_err(|e| unavailable("append to shard log", e))
     }
 
     /// Reads the full (unredacted) states of `targets` from their owners,
@@ -624,6 +626,9 @@ impl Cluster {
         let cancel = CancellationToken::new();
         let graceful = Arc::new(AtomicBool::new(false));
         let stopped = CancellationToken::new();
+        let (inbox, rx) = mpsc::channel(SHARD_INBOX);
+        // Registered before the task reads the log's end, so every later
+        // event reaches the inbox.
         lock(&self.owned).insert(
             n,
             Owned {
@@ -632,6 +637,7 @@ impl Cluster {
                 cancel: cancel.clone(),
                 graceful: graceful.clone(),
                 stopped: stopped.clone(),
+                inbox,
             },
         );
         tracing::info!(shard = n, term, "shard acquired");
@@ -639,7 +645,7 @@ impl Cluster {
         let me = self.clone();
         self.tracker.spawn(tracing::Instrument::instrument(
             async move {
-                if let Err(e) = me.own(n, term, cancel, graceful).await {
+                if let Err(e) = me.own(n, term, rx, cancel, graceful).await {
                     tracing::warn!(shard = n, error = %e, "shard task ended");
                 }
                 stopped.cancel();
@@ -648,17 +654,117 @@ impl Cluster {
         ));
     }
 
-    /// Runs an owned shard: restore, replay, then apply the log live,
-    /// answer reads, expire and snapshot until cancelled.
+    /// Returns the shard of an ingest subject (None if malformed).
+    fn shard_of(&self, subject: &str) -> Option<usize> {
+        let mut parts = subject.split('.').skip(3);
+        let d = DomainId::parse(parts.next()?).ok()?;
+        let u = UserId::parse(parts.next()?).ok()?;
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(shard_index(&d, &u, self.shards))
+    }
+
+    /// The node's log reader: reads `PRESENCE_INGEST` once and hands each
+    /// event to the task of its shard if this node owns it. Starts at the
+    /// log's end (a shard catches up on its own when acquired) and, after
+    /// a reconnection, resumes after the last event it handed out.
+    async fn read_log(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut reconnects = self.params.bus.reconnects();
+        let mut log = None;
+        loop {
+            if log.is_none() {
+                let from = match self.position.load(Ordering::Acquire) {
+                    0 => None,
+                    p => Some(p),
+                };
+                match self.open_log(from).await {
+                    Ok(l) => log = Some(l),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ingest log not readable; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                        }
+                    }
+                }
+            }
+            let Some(l) = log.as_mut() else { continue };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = reconnects.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    // The server may have lost the consumer.
+                    log = None;
+                }
+                m = l.next() => match m {
+                    Some(Ok(m)) => self.hand_out(m).await,
+                    Some(Err(e)) => tracing::warn!(error = %e, "ingest log read failed"),
+                    None => log = None,
+                },
+            }
+        }
+    }
+
+    async fn hand_out(&self, m: jetstream::Message) {
+        let Ok(seq) = m.info().map(|i| i.stream_sequence) else {
+            return;
+        };
+        match self.shard_of(&m.subject) {
+            Some(n) => {
+                let inbox = lock(&self.owned).get(&n).map(|o| o.inbox.clone());
+                if let Some(inbox) = inbox {
+                    // Waits while the shard catches up (bounded inbox).
+                    let _ = inbox.send(m).await;
+                }
+            }
+            // Counted once, by the owner of shard 0.
+            None if lock(&self.owned).contains_key(&0) => {
+                rejected(
+                    RejectReason::Malformed,
+                    format!("bad subject {}", m.subject),
+                );
+            }
+            None => {}
+        }
+        self.position.fetch_max(seq, Ordering::Release);
+    }
+
+    /// Opens an ordered consumer of the ingest log after sequence `after`
+    /// (None: only new events).
+    async fn open_log(&self, after: Option<u64>) -> ApiResult<consumer::pull::Ordered> {
+        let deliver_policy = match after {
+            None => consumer::DeliverPolicy::New,
+            Some(a) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: a + 1,
+            },
+        };
+        self.ingest
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("ingest log consumer", e))?
+            .messages()
+            .await
+            .map_err(|e| unavailable("ingest log", e))
+    }
+
+    /// Runs an owned shard: restore the snapshot, replay the log after it,
+    /// then apply the events the reader hands out, answer reads, expire
+    /// and snapshot until cancelled.
     async fn own(
         &self,
         n: usize,
         term: u64,
+        mut inbox: mpsc::Receiver<jetstream::Message>,
         cancel: CancellationToken,
         graceful: Arc<AtomicBool>,
     ) -> ApiResult<()> {
         let key = lease_key(n);
-        let subject = subjects::shard_input(n);
         let (snap, mut snap_rev) = match self
             .states
             .entry(key.clone())
@@ -676,35 +782,46 @@ impl Cluster {
         let p = &self.params;
         let mut shard = Shard::new(n, p.limits, p.rate, p.bus.clone(), p.clock);
         shard.publishing = false;
-        let mut applied = snap.seq;
+        // Every event of this shard up to `covered` is applied.
+        let mut covered = snap.seq;
         shard.restore(snap.users);
-        let last = match self.input.get_last_raw_message_by_subject(&subject).await {
-            Ok(m) => m.sequence,
-            Err(_) => 0,
-        };
-        let mut reconnects = self.params.bus.reconnects();
-        let mut log = self.open_log(&subject, applied).await?;
-        // Replay what the previous owner may not have snapshotted.
+        let end = self
+            .ingest
+            .get_info()
+            .await
+            .map_err(|e| unavailable("ingest log info", e))?
+            .state
+            .last_sequence;
+        // Replay what the previous owner may not have snapshotted: this
+        // shard's events between the snapshot and the log's end.
         let mut replayed = 0u64;
-        while applied < last {
-            let m = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                r = reconnects.changed() => {
-                    if r.is_err() {
-                        return Err(ApiError::Unavailable("bus closed".into()));
+        let mut reconnects = self.params.bus.reconnects();
+        if covered < end {
+            let mut log = self.open_log(Some(covered)).await?;
+            while covered < end {
+                let m = tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    r = reconnects.changed() => {
+                        if r.is_err() {
+                            return Err(ApiError::Unavailable("bus closed".into()));
+                        }
+                        log = self.open_log(Some(covered)).await?;
+                        continue;
                     }
-                    log = self.open_log(&subject, applied).await?;
-                    continue;
+                    m = log.next() => m,
+                };
+                match m {
+                    Some(Ok(m)) => {
+                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(covered + 1);
+                        if seq > covered && self.shard_of(&m.subject) == Some(n) {
+                            self.apply_logged(&mut shard, &m, true).await;
+                            replayed += 1;
+                        }
+                        covered = covered.max(seq);
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "ingest log read failed"),
+                    None => return Err(ApiError::Unavailable("ingest log ended".into())),
                 }
-                m = log.next() => m,
-            };
-            match m {
-                Some(Ok(m)) => {
-                    applied = self.apply_logged(&mut shard, &m, applied, true).await;
-                    replayed += 1;
-                }
-                Some(Err(e)) => tracing::warn!(error = %e, "shard log read failed"),
-                None => return Err(ApiError::Unavailable("shard log ended".into())),
             }
         }
         // Go live: a new term above every published version.
@@ -718,7 +835,7 @@ impl Cluster {
             .await
             .map_err(|e| unavailable("shard reads", e))?;
         tracing::info!(shard = n, replayed, from = snap.seq, "shard live");
-        snap_rev = self.snapshot(&shard, &key, applied, term, snap_rev).await?;
+        snap_rev = self.snapshot(&shard, &key, covered, term, snap_rev).await?;
         let mut dirty = false;
         let mut tick = tokio::time::interval(self.cfg.snapshot_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -726,33 +843,30 @@ impl Cluster {
             let next = shard.next_deadline();
             tokio::select! {
                 _ = cancel.cancelled() => {
-                    if graceful.load(Ordering::SeqCst) && dirty {
-                        self.snapshot(&shard, &key, applied, term, snap_rev).await?;
+                    if graceful.load(Ordering::SeqCst) {
+                        let upto = self.watermark(covered, &inbox);
+                        self.snapshot(&shard, &key, upto, term, snap_rev).await?;
                     }
                     return Ok(());
                 }
-                r = reconnects.changed() => {
-                    if r.is_err() {
-                        return Err(ApiError::Unavailable("bus closed".into()));
+                m = inbox.recv() => match m {
+                    Some(m) => {
+                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(covered + 1);
+                        if seq > covered {
+                            self.apply_logged(&mut shard, &m, false).await;
+                            covered = seq;
+                            dirty = true;
+                        }
                     }
-                    // The server may have lost the consumer: resume after
-                    // the last applied event.
-                    log = self.open_log(&subject, applied).await?;
-                }
-                m = log.next() => match m {
-                    Some(Ok(m)) => {
-                        applied = self.apply_logged(&mut shard, &m, applied, false).await;
-                        dirty = true;
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "shard log read failed"),
-                    None => return Err(ApiError::Unavailable("shard log ended".into())),
+                    None => return Err(ApiError::Unavailable("shard inbox closed".into())),
                 },
                 g = gets.next() => match g {
                     Some(g) => self.answer_read(&shard, g).await,
                     None => return Err(ApiError::Unavailable("shard reads ended".into())),
                 },
                 _ = tick.tick(), if dirty => {
-                    snap_rev = self.snapshot(&shard, &key, applied, term, snap_rev).await?;
+                    let upto = self.watermark(covered, &inbox);
+                    snap_rev = self.snapshot(&shard, &key, upto, term, snap_rev).await?;
                     dirty = false;
                 }
                 _ = sleep_until_opt(next) => {
@@ -765,86 +879,78 @@ impl Cluster {
         }
     }
 
-    /// Opens an ordered consumer of a shard's log after sequence `applied`.
-    async fn open_log(&self, subject: &str, applied: u64) -> ApiResult<consumer::pull::Ordered> {
-        self.input
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: subject.to_owned(),
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                    start_sequence: applied + 1,
-                },
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("shard log consumer", e))?
-            .messages()
-            .await
-            .map_err(|e| unavailable("shard log", e))
+    /// The log sequence a snapshot covers: the reader's position when
+    /// nothing is waiting in the inbox (every event of this shard up to it
+    /// was handed out and applied), else the last applied one. A quiet
+    /// shard's snapshot thus keeps up with the log, and a takeover
+    /// replays little.
+    fn watermark(&self, covered: u64, inbox: &mpsc::Receiver<jetstream::Message>) -> u64 {
+        let position = self.position.load(Ordering::Acquire);
+        if inbox.is_empty() {
+            covered.max(position)
+        } else {
+            covered
+        }
     }
 
-    /// Applies one logged event; returns its log sequence.
-    async fn apply_logged(
-        &self,
-        shard: &mut Shard,
-        m: &jetstream::Message,
-        applied: u64,
-        replay: bool,
-    ) -> u64 {
-        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(applied + 1);
-        if seq <= applied {
-            return applied; // delivered again after a consumer restart
-        }
-        let input = match v1::ShardInput::decode(m.payload.clone()) {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(seq, error = %e, "undecodable shard input skipped");
-                return seq;
-            }
+    /// Applies one event of the log (validated here: the log holds raw
+    /// ingest) with its arrival time in the log as "now", and sends the
+    /// verdict where the headers ask.
+    async fn apply_logged(&self, shard: &mut Shard, m: &jetstream::Message, replay: bool) {
+        let now = m
+            .info()
+            .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64)
+            .unwrap_or_else(|_| shard.clock.now_ms());
+        let header = |name: &str| {
+            m.headers
+                .as_ref()
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_owned())
         };
-        let now = input.received_at_ms;
-        tracing::debug!(seq, replay, reply = %input.reply_to, "applying logged event");
+        let reply = header(REPLY_HEADER);
+        let token = header(TOKEN_HEADER).and_then(|t| t.parse::<u64>().ok());
+        if reply.is_none() {
+            // Events published on NATS directly enter here.
+            metrics::counter!("presence_fanout_events_in_total").increment(1);
+        }
         if replay {
             // Expire what was due before this event, as the previous
             // owner did.
             shard.expire_until(now).await;
         }
-        let result = match input.event.as_ref().map(|e| {
-            (
-                DomainId::parse(&e.domain),
-                UserId::parse(&e.user),
-                event_from_proto(e),
-            )
-        }) {
-            Some((Ok(d), Ok(u), Ok(ev))) => match shard.apply((d, u), &ev, now).await {
-                Ok(changed) => {
-                    metrics::counter!("presence_fanout_events_applied_total").increment(1);
-                    if !changed {
-                        metrics::counter!("presence_fanout_events_unchanged_total").increment(1);
-                    }
-                    v1::PublishResult {
-                        accepted: true,
-                        reason: RejectReason::Unspecified as i32,
-                        detail: String::new(),
-                    }
-                }
-                Err(r) => crate::service::rejected(reject_reason(r), format!("{r:?}")),
+        let result = match v1::DeviceEvent::decode(m.payload.clone()) {
+            Err(e) => rejected(RejectReason::Malformed, format!("undecodable payload: {e}")),
+            Ok(mut e) => match ingest_target(&m.subject, &mut e) {
+                Err(r) => r,
+                Ok((d, u)) => match check_event(&self.params.acl, &d, &u, &e).await {
+                    Err(r) => r,
+                    Ok(ev) => match shard.apply((d, u), &ev, now).await {
+                        Ok(changed) => {
+                            metrics::counter!("presence_fanout_events_applied_total").increment(1);
+                            if !changed {
+                                metrics::counter!("presence_fanout_events_unchanged_total")
+                                    .increment(1);
+                            }
+                            v1::PublishResult {
+                                accepted: true,
+                                reason: RejectReason::Unspecified as i32,
+                                detail: String::new(),
+                            }
+                        }
+                        Err(r) => rejected(reject_reason(r), format!("{r:?}")),
+                    },
+                },
             },
-            _ => crate::service::rejected(RejectReason::Malformed, "malformed shard input"),
         };
-        if !input.reply_to.is_empty() {
+        if let (Some(reply), Some(token)) = (reply, token) {
             let r = v1::ShardResult {
-                token: input.token,
+                token,
                 result: Some(result),
             };
-            if let Err(e) = self
-                .client
-                .publish(input.reply_to, r.encode_to_vec().into())
-                .await
-            {
+            if let Err(e) = self.client.publish(reply, r.encode_to_vec().into()).await {
                 tracing::debug!(error = %e, "verdict not sent");
             }
         }
-        seq
     }
 
     async fn answer_read(&self, shard: &Shard, m: async_nats::Message) {

@@ -93,6 +93,58 @@ pub(crate) fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::P
     }
 }
 
+/// Validates an event's shape and that its user exists; a rejection is
+/// counted and returned as the event's verdict.
+pub(crate) async fn check_event(
+    acl: &AclView,
+    d: &DomainId,
+    u: &UserId,
+    e: &v1::DeviceEvent,
+) -> Result<presence_core::presence::Event, v1::PublishResult> {
+    let ev = event_from_proto(e).map_err(|r| rejected(reject_reason(r), "malformed event"))?;
+    if let EventKind::QueueLogin { queue, .. } = &ev.kind
+        && UserId::parse(queue).is_err()
+    {
+        return Err(rejected(RejectReason::Malformed, "invalid queue id"));
+    }
+    match acl.user_exists(d, u).await {
+        Ok(true) => Ok(ev),
+        Ok(false) => Err(rejected(
+            RejectReason::UnknownUser,
+            format!("user {u} not found in domain {d}"),
+        )),
+        Err(e) => Err(rejected(RejectReason::Unspecified, e.to_string())),
+    }
+}
+
+/// Parses the user of an ingest subject `presence.v1.in.<domain>.<user>`
+/// and checks that the payload names the same user (or none); fills the
+/// payload's ids.
+pub(crate) fn ingest_target(
+    subject: &str,
+    e: &mut v1::DeviceEvent,
+) -> Result<(DomainId, UserId), v1::PublishResult> {
+    let bad = || rejected(RejectReason::Malformed, format!("bad subject {subject}"));
+    let parts: Vec<&str> = subject.split('.').collect();
+    let (Some(d), Some(u), 5) = (parts.get(3), parts.get(4), parts.len()) else {
+        return Err(bad());
+    };
+    let (Ok(d), Ok(u)) = (DomainId::parse(d), UserId::parse(u)) else {
+        return Err(bad());
+    };
+    if (!e.domain.is_empty() && e.domain != d.as_str())
+        || (!e.user.is_empty() && e.user != u.as_str())
+    {
+        return Err(rejected(
+            RejectReason::Malformed,
+            "payload names another user than its subject",
+        ));
+    }
+    e.domain = d.to_string();
+    e.user = u.to_string();
+    Ok((d, u))
+}
+
 /// Returns whether `p` may publish `e` (already parsed ids).
 fn may_publish(p: &Principal, d: &DomainId, u: &UserId, e: &v1::DeviceEvent) -> bool {
     use v1::device_event::Kind as K;
@@ -156,6 +208,7 @@ impl Fanout {
             rate: cfg.device_rate,
             bus: bus.clone(),
             clock: Clock::new(),
+            acl: acl.clone(),
         };
         let cluster = Cluster::start(
             client,
@@ -209,8 +262,7 @@ impl Fanout {
         self.inner.acl.user_exists(d, u).await
     }
 
-    /// Validates one event (identity checks already done): its shape and
-    /// that its user exists.
+    /// Validates one event (identity checks already done).
     async fn validate(
         &self,
         d: &DomainId,
@@ -218,20 +270,7 @@ impl Fanout {
         e: &v1::DeviceEvent,
     ) -> Result<presence_core::presence::Event, v1::PublishResult> {
         metrics::counter!("presence_fanout_events_in_total").increment(1);
-        let ev = event_from_proto(e).map_err(|r| rejected(reject_reason(r), "malformed event"))?;
-        if let EventKind::QueueLogin { queue, .. } = &ev.kind
-            && UserId::parse(queue).is_err()
-        {
-            return Err(rejected(RejectReason::Malformed, "invalid queue id"));
-        }
-        match self.user_exists(d, u).await {
-            Ok(true) => Ok(ev),
-            Ok(false) => Err(rejected(
-                RejectReason::UnknownUser,
-                format!("user {u} not found in domain {d}"),
-            )),
-            Err(e) => Err(rejected(RejectReason::Unspecified, e.to_string())),
-        }
+        check_event(&self.inner.acl, d, u, e).await
     }
 
     /// Applies validated events and returns their verdicts, in order.
@@ -506,8 +545,15 @@ impl Fanout {
         Ok(rx)
     }
 
+    /// Returns whether shards are owned across nodes (then the JetStream
+    /// stream `PRESENCE_INGEST` captures the ingest subjects and
+    /// [`Fanout::run_ingest`] is not used).
+    pub fn is_clustered(&self) -> bool {
+        matches!(self.inner.shards, Shards::Cluster(_))
+    }
+
     /// Subscribes to the ingest subjects (queue group `fanout-ingest`);
-    /// pass the result to [`Fanout::run_ingest`].
+    /// pass the result to [`Fanout::run_ingest`] (single-node mode).
     pub async fn subscribe_ingest(bus: &SharedBus) -> ApiResult<BusSubscription> {
         Ok(bus
             .queue_subscribe(subjects::ingest_all(), "fanout-ingest".into())
@@ -525,21 +571,6 @@ impl Fanout {
                     None => return,
                 },
             };
-            let parts: Vec<&str> = m.subject.split('.').collect();
-            let (Some(d), Some(u)) = (parts.get(3), parts.get(4)) else {
-                rejected(
-                    RejectReason::Malformed,
-                    format!("bad subject {}", m.subject),
-                );
-                continue;
-            };
-            let (Ok(d), Ok(u)) = (DomainId::parse(d), UserId::parse(u)) else {
-                rejected(
-                    RejectReason::Malformed,
-                    format!("bad subject {}", m.subject),
-                );
-                continue;
-            };
             let mut e = match v1::DeviceEvent::decode(m.payload) {
                 Ok(e) => e,
                 Err(err) => {
@@ -550,31 +581,14 @@ impl Fanout {
                     continue;
                 }
             };
-            if (!e.domain.is_empty() && e.domain != d.as_str())
-                || (!e.user.is_empty() && e.user != u.as_str())
-            {
-                rejected(
-                    RejectReason::Malformed,
-                    "payload names another user than its subject",
-                );
+            let Ok((d, u)) = ingest_target(&m.subject, &mut e) else {
                 continue;
-            }
-            e.domain = d.to_string();
-            e.user = u.to_string();
+            };
             let ev = match self.validate(&d, &u, &e).await {
                 Ok(ev) => ev,
                 Err(_) => continue,
             };
-            match &self.inner.shards {
-                Shards::Cluster(c) => {
-                    if let Err(err) = c.submit(&(d, u), e).await {
-                        rejected(RejectReason::Unspecified, err.to_string());
-                    }
-                }
-                Shards::Local(_) => {
-                    self.apply_all(vec![((d, u), ev, e)]).await;
-                }
-            }
+            self.apply_all(vec![((d, u), ev, e)]).await;
         }
     }
 }

@@ -283,13 +283,17 @@ impl Server {
                 fanout.hub().run(hub_sub, shutdown.clone()),
                 tracing::info_span!("hub"),
             ));
-            let ingest = Fanout::subscribe_ingest(&self.bus)
-                .await
-                .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
-            tasks.spawn(tracing::Instrument::instrument(
-                fanout.clone().run_ingest(ingest, shutdown.clone()),
-                tracing::info_span!("ingest"),
-            ));
+            // Clustered, the JetStream stream PRESENCE_INGEST captures the
+            // ingest subjects instead.
+            if !fanout.is_clustered() {
+                let ingest = Fanout::subscribe_ingest(&self.bus)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+                tasks.spawn(tracing::Instrument::instrument(
+                    fanout.clone().run_ingest(ingest, shutdown.clone()),
+                    tracing::info_span!("ingest"),
+                ));
+            }
             Some(fanout)
         } else {
             None

@@ -354,6 +354,24 @@ async fn test_shards_spread_survive_kill_9_and_rebalance_on_join() {
         |st| st.telephony == v1::TelephonyStatus::OnHold as i32,
     )
     .await;
+    // Hang up: registered and idle is Available (not Offline), so the
+    // registrations made before the crash and the join were kept.
+    let r = gw_d
+        .presence
+        .publish(v1::PublishRequest {
+            events: (0..USERS)
+                .map(|i| event(&user(i), 5, call(v1::CallState::Terminated)))
+                .collect(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.results.iter().all(|x| x.accepted), "{r:?}");
+    until_all(&mut s, &mut seen, "every phone idle and registered", |st| {
+        st.telephony == v1::TelephonyStatus::NoCall as i32
+            && st.presence == v1::PresenceStatus::Available as i32
+    })
+    .await;
     // A stale sequence is still rejected by the new owners (device state
     // moved with the shard).
     let r = gw_d
