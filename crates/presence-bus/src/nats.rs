@@ -35,7 +35,21 @@ impl NatsBus {
     pub async fn connect(cfg: &NatsConfig) -> Result<Self, BusError> {
         let reconnects = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
         let events = reconnects.clone();
-        let client = async_nats::ConnectOptions::new()
+        // async-nats does not read credentials from the URL itself:
+        // `nats://user:password@host` and `nats://token@host` are applied
+        // here.
+        let mut opts = async_nats::ConnectOptions::new();
+        let first = cfg.url.split(',').next().unwrap_or_default().trim();
+        if let Ok(addr) = first.parse::<async_nats::ServerAddr>() {
+            match (addr.username(), addr.password()) {
+                (Some(u), Some(p)) => {
+                    opts = opts.user_and_password(u.to_owned(), p.to_owned());
+                }
+                (Some(t), None) => opts = opts.token(t.to_owned()),
+                _ => {}
+            }
+        }
+        let client = opts
             .name(&cfg.connection_name)
             .subscription_capacity(cfg.subscription_capacity.max(1))
             .connection_timeout(cfg.connect_timeout)

@@ -32,10 +32,37 @@ impl NatsServer {
     /// Starts a server on `port` (0 for a random one), e.g. to restart it
     /// on the port it had.
     pub fn start_on(port: u16) -> Self {
+        Self::start_inner(port, None)
+    }
+
+    /// Starts a server with the configuration file text `conf` (e.g. a
+    /// shipped deployment config): the port is random and the file's
+    /// JetStream `store_dir` is replaced by a temporary one.
+    pub fn start_with_config(conf: &str) -> Self {
+        Self::start_inner(0, Some(conf))
+    }
+
+    fn start_inner(port: u16, conf: Option<&str>) -> Self {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
         };
+        if let Some(c) = conf {
+            let js = dir.path().join("js");
+            let text: Vec<String> = c
+                .lines()
+                .map(|l| {
+                    if l.trim_start().starts_with("store_dir") {
+                        format!("  store_dir: {:?}", js.display().to_string())
+                    } else {
+                        l.to_owned()
+                    }
+                })
+                .collect();
+            if let Err(e) = std::fs::write(dir.path().join("nats.conf"), text.join("\n")) {
+                panic!("write nats.conf: {e}");
+            }
+        }
         let (child, url) = spawn(dir.path(), port);
         let port = url
             .rsplit(':')
@@ -84,9 +111,15 @@ fn spawn(dir: &Path, port: u16) -> (Child, String) {
     } else {
         port.to_string()
     };
-    let mut child = Command::new(binary())
-        .args(["-a", "127.0.0.1", "-p", &port_arg, "-js", "-sd"])
-        .arg(dir.join("js"))
+    let mut cmd = Command::new(binary());
+    let conf = dir.join("nats.conf");
+    if conf.exists() {
+        cmd.arg("-c").arg(&conf);
+    } else {
+        cmd.arg("-js").arg("-sd").arg(dir.join("js"));
+    }
+    let mut child = cmd
+        .args(["-a", "127.0.0.1", "-p", &port_arg])
         .arg("--ports_file_dir")
         .arg(&ports_dir)
         .stdout(Stdio::null())

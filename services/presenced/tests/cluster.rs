@@ -181,6 +181,41 @@ async fn admin_client(url: &str, dir: &Path) -> PresenceClient {
     connect(url, Some(token.trim())).await.unwrap()
 }
 
+/// Creates domain `acme` with `ids` as agents (`boss` an office manager).
+async fn setup(admin: &mut PresenceClient, ids: &[String]) {
+    admin
+        .directory
+        .create_domain(v1::CreateDomainRequest {
+            id: "acme".into(),
+            name: "Acme".into(),
+            dns_name: "acme.example.com".into(),
+        })
+        .await
+        .unwrap();
+    for id in ids {
+        let scope = if id == "boss" {
+            v1::Scope::OfficeManager
+        } else {
+            v1::Scope::CallCenterAgent
+        };
+        admin
+            .directory
+            .create_user(v1::CreateUserRequest {
+                domain: "acme".into(),
+                id: id.clone(),
+                scope: scope as i32,
+                profile: Some(v1::Profile {
+                    first_name: id.clone(),
+                    last_name: "Test".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_shards_spread_survive_kill_9_and_rebalance_on_join() {
     let nats = NatsServer::start();
@@ -196,39 +231,9 @@ async fn test_shards_spread_survive_kill_9_and_rebalance_on_join() {
 
     // The directory lives on a; b and c ask it over NATS.
     let mut admin = admin_client(&url_a, dir).await;
-    admin
-        .directory
-        .create_domain(v1::CreateDomainRequest {
-            id: "acme".into(),
-            name: "Acme".into(),
-            dns_name: "acme.example.com".into(),
-        })
-        .await
-        .unwrap();
     let mut ids = vec!["boss".to_string()];
     ids.extend((0..USERS).map(user));
-    for id in &ids {
-        let scope = if id == "boss" {
-            v1::Scope::OfficeManager
-        } else {
-            v1::Scope::CallCenterAgent
-        };
-        admin
-            .directory
-            .create_user(v1::CreateUserRequest {
-                domain: "acme".into(),
-                id: id.clone(),
-                profile: Some(v1::Profile {
-                    first_name: id.clone(),
-                    last_name: "Test".into(),
-                    ..Default::default()
-                }),
-                scope: scope as i32,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-    }
+    setup(&mut admin, &ids).await;
     let gateway = admin
         .auth
         .issue_token(v1::IssueTokenRequest {
@@ -387,4 +392,61 @@ async fn test_shards_spread_survive_kill_9_and_rebalance_on_join() {
         v1::RejectReason::StaleSequence as i32,
         "{r:?}"
     );
+}
+
+/// The shipped least-privilege NATS config (deploy/nats/single.conf)
+/// carries a clustered node: presenced's user may use JetStream and KV,
+/// the PBX user may only publish ingest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_shipped_nats_config_serves_a_clustered_node() {
+    let nats = NatsServer::start_with_config(include_str!("../../../deploy/nats/single.conf"));
+    let port = nats.port();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let url = format!("nats://presenced:change-me@127.0.0.1:{port}");
+    let (_a, url_a) = node(dir, "a", "directory,policy,fanout", &url, None);
+    let mut admin = admin_client(&url_a, dir).await;
+    setup(&mut admin, &[user(0)]).await;
+    let mut s = admin
+        .presence
+        .watch(v1::WatchRequest {
+            domain: "acme".into(),
+            watcher: user(0),
+            selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+                targets: vec![user(0)],
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let pbx = async_nats::ConnectOptions::with_user_and_password("pbx".into(), "change-me".into())
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    publish_nats(
+        &pbx,
+        event(
+            &user(0),
+            1,
+            K::Registration(v1::Registration {
+                expires_seconds: 600,
+            }),
+        ),
+    )
+    .await;
+    pbx.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .expect("the PBX's event never arrived")
+            .unwrap()
+            .expect("stream ended");
+        if let Some(E::State(st)) = m.event
+            && st.presence == v1::PresenceStatus::Available as i32
+        {
+            break;
+        }
+    }
 }
