@@ -1,0 +1,836 @@
+//! `presence-loadgen`: drives a running presence broker end to end over
+//! its real interfaces and compares it with raw NATS fanout measured in
+//! the same run.
+//!
+//! 1. **Setup** (gRPC, admin token): a domain with `--users` users; each
+//!    user's presence is visible to "permitted users" and granted to the
+//!    whole domain, so every check goes through the policy rules.
+//! 2. **Baseline**: `--streams` subscribers, each subscribed directly on
+//!    nats-server to the subjects of its `--targets` users (no policy, no
+//!    aggregation), receive the same events the broker phase publishes.
+//! 3. **Broker**: the same number of Watch streams with the same targets
+//!    (phone style: one gRPC connection per stream; gateway style: the
+//!    streams share `--connections` connections), opened by a gateway
+//!    service token on behalf of users; the server's resident memory is
+//!    read before and after they open (`--server-pid`). Device events are
+//!    then published on `presence.v1.in.<domain>.<user>` at `--rate`
+//!    events/s (0: as fast as possible) for `--duration` seconds.
+//!
+//! Each event carries its publish time (in the manual-status message), so
+//! every delivery gives a publish-to-delivery latency. The report has
+//! delivered events/s, latency percentiles, the broker/baseline ratios,
+//! memory per idle stream and how many states were coalesced; `--json`
+//! writes it for automation. See docs/benchmarks.md.
+
+use anyhow::{Context, bail};
+use clap::{Parser, ValueEnum};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use presence_client::PresenceClient;
+use presence_proto::v1::{self, device_event::Kind as K, watch_event::Event as E};
+use prost::Message;
+use serde::Serialize;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How watch streams reach the broker.
+#[derive(Debug, Clone, Copy, ValueEnum, Serialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Style {
+    /// One gRPC connection (and one NATS connection in the baseline) per
+    /// stream, like desk phones.
+    Phone,
+    /// Many streams per connection, like a phone gateway.
+    Gateway,
+}
+
+/// Which phases to run.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Mode {
+    /// Baseline, then broker.
+    Both,
+    /// Raw NATS only.
+    Baseline,
+    /// The broker only.
+    Broker,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "presence-loadgen",
+    about = "Load generator of the presence broker"
+)]
+struct Args {
+    /// gRPC URL of the broker.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    grpc: String,
+    /// NATS URL the broker uses.
+    #[arg(long, default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// File with an admin token (e.g. data/bootstrap-admin.token).
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Domain to create (default: a fresh `load<unix seconds>`).
+    #[arg(long)]
+    domain: Option<String>,
+    /// Users (targets) in the domain.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Watch streams (and baseline subscribers).
+    #[arg(long, default_value_t = 200)]
+    streams: usize,
+    /// Targets per stream.
+    #[arg(long, default_value_t = 50)]
+    targets: usize,
+    /// Connection style.
+    #[arg(long, value_enum, default_value = "gateway")]
+    style: Style,
+    /// Connections shared by the streams in gateway style.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Events published per second (0: as fast as possible).
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
+    /// Seconds of publishing per phase.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Phases to run.
+    #[arg(long, value_enum, default_value = "both")]
+    mode: Mode,
+    /// Process id of the broker, to read its resident memory.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// The broker's Prometheus endpoint, e.g. http://127.0.0.1:9464/metrics.
+    #[arg(long)]
+    metrics_url: Option<String>,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Serialize, Default, Clone)]
+struct Latency {
+    p50_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    max_us: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        if h.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50_us: h.value_at_quantile(0.5) / 1000,
+            p99_us: h.value_at_quantile(0.99) / 1000,
+            p999_us: h.value_at_quantile(0.999) / 1000,
+            max_us: h.max() / 1000,
+        }
+    }
+}
+
+/// The result of one phase.
+#[derive(Debug, Serialize, Default, Clone)]
+struct Phase {
+    name: String,
+    published: u64,
+    publish_per_sec: f64,
+    /// Deliveries the fanout implies (each event × streams watching its user).
+    expected: u64,
+    delivered: u64,
+    delivered_per_sec: f64,
+    latency: Latency,
+    /// Expected minus delivered: intermediate states replaced by newer
+    /// ones in a stream's mailbox (the broker) or lost (baseline).
+    not_delivered: u64,
+    /// The broker's `presence_fanout_coalesced_total` during the phase.
+    server_coalesced: Option<u64>,
+    /// The broker's rejected events during the phase.
+    server_rejected: Option<u64>,
+}
+
+/// Everything the run measured.
+#[derive(Debug, Serialize)]
+struct Report {
+    users: usize,
+    streams: usize,
+    targets: usize,
+    style: Style,
+    connections: usize,
+    rate: u64,
+    duration_secs: u64,
+    baseline: Option<Phase>,
+    broker: Option<Phase>,
+    /// broker delivered/s ÷ baseline delivered/s.
+    throughput_ratio: Option<f64>,
+    /// broker p50 ÷ baseline p50.
+    p50_ratio: Option<f64>,
+    /// broker p99 ÷ baseline p99.
+    p99_ratio: Option<f64>,
+    /// Server resident memory added per open, idle stream (bytes).
+    memory_per_stream_bytes: Option<f64>,
+}
+
+/// Nanoseconds since the run started (one clock for publishers and
+/// receivers, in one process).
+fn now_ns(base: Instant) -> u64 {
+    base.elapsed().as_nanos() as u64
+}
+
+fn user_id(i: usize) -> String {
+    format!("u{i:06}")
+}
+
+/// Targets of stream `s`: a sliding window over the users.
+fn targets_of(s: usize, a: &Args) -> Vec<usize> {
+    (0..a.targets.min(a.users))
+        .map(|j| (s * a.targets + j) % a.users)
+        .collect()
+}
+
+/// Counters shared by the receivers of a phase.
+struct Meter {
+    base: Instant,
+    /// Deliveries of events published after this (ns since base).
+    since_ns: AtomicU64,
+    delivered: AtomicU64,
+    last_ns: AtomicU64,
+}
+
+impl Meter {
+    /// Records one delivery of a message `lg:<ns>`; returns the latency.
+    fn record(&self, message: &str, h: &mut Histogram<u64>) {
+        let Some(t) = message
+            .strip_prefix("lg:")
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if t < self.since_ns.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = now_ns(self.base);
+        let _ = h.record(now.saturating_sub(t).max(1));
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        self.last_ns.fetch_max(now, Ordering::Relaxed);
+    }
+}
+
+/// A latency histogram in nanoseconds, auto-resizing, 3 significant
+/// digits.
+fn histogram() -> Histogram<u64> {
+    let mut h = match Histogram::new(3) {
+        Ok(h) => h,
+        // Only a significant-figure count above 5 fails.
+        Err(e) => unreachable!("histogram with 3 significant figures: {e}"),
+    };
+    h.auto(true);
+    h
+}
+
+/// Reads VmRSS of `pid` in bytes.
+fn rss(pid: u32) -> anyhow::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    let line = s
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .context("bad VmRSS")?
+        .parse()?;
+    Ok(kb * 1024)
+}
+
+/// Sums the samples of `metric` (all label sets) from a Prometheus text
+/// endpoint (plain HTTP).
+async fn scrape(url: &str, metric: &str) -> anyhow::Result<u64> {
+    let rest = url
+        .strip_prefix("http://")
+        .context("metrics url must be http://")?;
+    let (host, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/metrics"),
+    };
+    let mut conn = tokio::net::TcpStream::connect(host).await?;
+    conn.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    conn.read_to_string(&mut body).await?;
+    let mut total = 0f64;
+    for line in body.lines() {
+        if line.starts_with(metric)
+            && line[metric.len()..].starts_with([' ', '{'])
+            && let Some(v) = line.rsplit(' ').next()
+        {
+            total += v.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    Ok(total as u64)
+}
+
+async fn server_counters(a: &Args) -> Option<(u64, u64)> {
+    let url = a.metrics_url.as_deref()?;
+    let c = scrape(url, "presence_fanout_coalesced_total").await.ok()?;
+    let r = scrape(url, "presence_fanout_events_rejected_total")
+        .await
+        .ok()?;
+    Some((c, r))
+}
+
+/// Creates the domain and its users, with their presence granted to the
+/// whole domain.
+async fn setup(admin: &mut PresenceClient, a: &Args, domain: &str) -> anyhow::Result<()> {
+    admin
+        .directory
+        .create_domain(v1::CreateDomainRequest {
+            id: domain.into(),
+            name: format!("load test {domain}"),
+            dns_name: format!("{domain}.load.example.com"),
+        })
+        .await
+        .context("create domain")?;
+    let created = AtomicU64::new(0);
+    let results: Vec<anyhow::Result<()>> = futures_util::stream::iter(0..a.users)
+        .map(|i| {
+            let mut c = admin.clone();
+            let domain = domain.to_owned();
+            let created = &created;
+            async move {
+                let id = user_id(i);
+                c.directory
+                    .create_user(v1::CreateUserRequest {
+                        domain: domain.clone(),
+                        id: id.clone(),
+                        scope: v1::Scope::CallCenterAgent as i32,
+                        profile: Some(v1::Profile {
+                            first_name: "Load".into(),
+                            last_name: id.clone(),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("create user {id}"))?;
+                c.policy
+                    .update_presence_settings(v1::UpdatePresenceSettingsRequest {
+                        domain: domain.clone(),
+                        user: id.clone(),
+                        visibility: Some(v1::Visibility::PermittedUsers as i32),
+                        ..Default::default()
+                    })
+                    .await
+                    .with_context(|| format!("settings of {id}"))?;
+                c.policy
+                    .add_grant(v1::AddGrantRequest {
+                        domain: domain.clone(),
+                        target: id.clone(),
+                        kind: v1::GrantKind::See as i32,
+                        grantee: Some(v1::Grantee {
+                            kind: Some(v1::grantee::Kind::Domain(true)),
+                        }),
+                    })
+                    .await
+                    .with_context(|| format!("grant of {id}"))?;
+                let n = created.fetch_add(1, Ordering::Relaxed) + 1;
+                if n.is_multiple_of(500) {
+                    eprintln!("  setup: {n}/{} users", a.users);
+                }
+                Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    Ok(())
+}
+
+/// Publishes `lg:` events for the phase's duration; returns (published,
+/// expected deliveries, seconds spent).
+async fn publish(
+    nc: &async_nats::Client,
+    a: &Args,
+    domain: &str,
+    subject_of: impl Fn(&str) -> String,
+    watchers_per_user: &[u64],
+    base: Instant,
+    seq_base: u64,
+) -> anyhow::Result<(u64, u64, f64)> {
+    let start = Instant::now();
+    let end = start + Duration::from_secs(a.duration);
+    let mut sent = 0u64;
+    let mut expected = 0u64;
+    let mut next_report = start + Duration::from_secs(1);
+    let subjects: Vec<String> = (0..a.users).map(|i| subject_of(&user_id(i))).collect();
+    while Instant::now() < end {
+        let due = if a.rate == 0 {
+            sent + 1000
+        } else {
+            (start.elapsed().as_secs_f64() * a.rate as f64) as u64
+        };
+        if due <= sent {
+            tokio::time::sleep(Duration::from_micros(500)).await;
+            continue;
+        }
+        while sent < due {
+            let i = (sent as usize) % a.users;
+            let e = v1::DeviceEvent {
+                domain: domain.into(),
+                user: user_id(i),
+                device: "loadgen".into(),
+                sequence: seq_base + sent,
+                at_ms: 0,
+                kind: Some(K::ManualStatus(v1::ManualStatus {
+                    status: if sent.is_multiple_of(2) {
+                        v1::UserStatus::Busy as i32
+                    } else {
+                        v1::UserStatus::Away as i32
+                    },
+                    message: format!("lg:{}", now_ns(base)),
+                })),
+            };
+            nc.publish(subjects[i].clone(), e.encode_to_vec().into())
+                .await
+                .context("publish")?;
+            expected += watchers_per_user[i];
+            sent += 1;
+        }
+        if Instant::now() >= next_report {
+            eprintln!(
+                "  {:>4.1}s published {sent} ({:.0}/s)",
+                start.elapsed().as_secs_f64(),
+                sent as f64 / start.elapsed().as_secs_f64()
+            );
+            next_report += Duration::from_secs(1);
+        }
+    }
+    nc.flush().await.context("flush")?;
+    Ok((sent, expected, start.elapsed().as_secs_f64()))
+}
+
+/// Waits until deliveries stop growing (or 10 s), so the tail is counted.
+async fn drain(meter: &Meter, expected: u64) {
+    let mut last = meter.delivered.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = meter.delivered.load(Ordering::Relaxed);
+        if now >= expected || now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+fn finish(
+    name: &str,
+    meter: &Meter,
+    hist: &Histogram<u64>,
+    (published, expected, secs): (u64, u64, f64),
+    counters: Option<((u64, u64), (u64, u64))>,
+) -> Phase {
+    let delivered = meter.delivered.load(Ordering::Relaxed);
+    let span_ns = meter
+        .last_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(meter.since_ns.load(Ordering::Relaxed))
+        .max(1);
+    Phase {
+        name: name.into(),
+        published,
+        publish_per_sec: published as f64 / secs.max(1e-9),
+        expected,
+        delivered,
+        delivered_per_sec: delivered as f64 / (span_ns as f64 / 1e9),
+        latency: Latency::of(hist),
+        not_delivered: expected.saturating_sub(delivered),
+        server_coalesced: counters.map(|(b, a)| a.0.saturating_sub(b.0)),
+        server_rejected: counters.map(|(b, a)| a.1.saturating_sub(b.1)),
+    }
+}
+
+async fn baseline(
+    a: &Args,
+    domain: &str,
+    watchers_per_user: &[u64],
+    base: Instant,
+) -> anyhow::Result<Phase> {
+    eprintln!("baseline: {} raw NATS subscribers", a.streams);
+    let subject = |u: &str| format!("loadgen.base.{domain}.{u}");
+    let shared: Vec<async_nats::Client> = match a.style {
+        Style::Gateway => {
+            let mut v = Vec::new();
+            for _ in 0..a.connections.max(1) {
+                v.push(async_nats::connect(&a.nats).await?);
+            }
+            v
+        }
+        Style::Phone => Vec::new(),
+    };
+    let meter = Arc::new(Meter {
+        base,
+        since_ns: AtomicU64::new(u64::MAX),
+        delivered: AtomicU64::new(0),
+        last_ns: AtomicU64::new(0),
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut tasks = Vec::new();
+    let mut owned = Vec::new();
+    for s in 0..a.streams {
+        let nc = match a.style {
+            Style::Gateway => shared[s % shared.len()].clone(),
+            Style::Phone => {
+                let c = async_nats::connect(&a.nats).await?;
+                owned.push(c.clone());
+                c
+            }
+        };
+        let mut subs = Vec::new();
+        for t in targets_of(s, a) {
+            subs.push(nc.subscribe(subject(&user_id(t))).await?);
+        }
+        let mut all = futures_util::stream::select_all(subs);
+        let meter = meter.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => break,
+                    m = all.next() => match m {
+                        Some(m) => {
+                            if let Ok(e) = v1::DeviceEvent::decode(m.payload)
+                                && let Some(K::ManualStatus(ms)) = e.kind
+                            {
+                                meter.record(&ms.message, &mut h);
+                            }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            h
+        }));
+    }
+    for c in shared.iter().chain(owned.iter()) {
+        c.flush().await?;
+    }
+    let publisher = async_nats::connect(&a.nats).await?;
+    meter.since_ns.store(now_ns(base), Ordering::Relaxed);
+    let pub_result = publish(&publisher, a, domain, subject, watchers_per_user, base, 1).await?;
+    drain(&meter, pub_result.1).await;
+    stop.notify_waiters();
+    let mut hist = histogram();
+    for t in tasks {
+        stop.notify_waiters();
+        if let Ok(h) = t.await {
+            let _ = hist.add(&h);
+        }
+    }
+    Ok(finish("baseline", &meter, &hist, pub_result, None))
+}
+
+async fn broker(
+    a: &Args,
+    admin: &mut PresenceClient,
+    domain: &str,
+    watchers_per_user: &[u64],
+    base: Instant,
+) -> anyhow::Result<(Phase, Option<f64>)> {
+    let gateway = admin
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: "loadgen-gateway".into(),
+                    domains: vec![domain.into()],
+                    rights: vec!["presence.watch".into()],
+                },
+            )),
+            ttl_seconds: 86_400,
+        })
+        .await
+        .context("issue gateway token (needs an admin token)")?
+        .into_inner()
+        .token;
+    let rss_before = match a.server_pid {
+        Some(pid) => Some(rss(pid)?),
+        None => None,
+    };
+    eprintln!(
+        "broker: opening {} watch streams ({:?} style)",
+        a.streams, a.style
+    );
+    let shared: Vec<PresenceClient> = match a.style {
+        Style::Gateway => {
+            let mut v = Vec::new();
+            for _ in 0..a.connections.max(1) {
+                v.push(presence_client::connect(&a.grpc, Some(&gateway)).await?);
+            }
+            v
+        }
+        Style::Phone => Vec::new(),
+    };
+    let meter = Arc::new(Meter {
+        base,
+        since_ns: AtomicU64::new(u64::MAX),
+        delivered: AtomicU64::new(0),
+        last_ns: AtomicU64::new(0),
+    });
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::channel::<anyhow::Result<()>>(a.streams.max(1));
+    let mut tasks = Vec::new();
+    for s in 0..a.streams {
+        let mut c = match a.style {
+            Style::Gateway => shared[s % shared.len()].clone(),
+            Style::Phone => presence_client::connect(&a.grpc, Some(&gateway)).await?,
+        };
+        let targets: Vec<String> = targets_of(s, a).into_iter().map(user_id).collect();
+        let watcher = user_id(s % a.users);
+        let domain = domain.to_owned();
+        let meter = meter.clone();
+        let stop = stop.clone();
+        let ready_tx = ready_tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            let stream = c
+                .presence
+                .watch(v1::WatchRequest {
+                    domain,
+                    watcher,
+                    selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+                        targets,
+                    })),
+                    heartbeat_seconds: 3600,
+                    ..Default::default()
+                })
+                .await;
+            let mut stream = match stream {
+                Ok(s) => s.into_inner(),
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::anyhow!("watch: {e}"))).await;
+                    return h;
+                }
+            };
+            let mut announced = false;
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => break,
+                    m = stream.message() => match m {
+                        Ok(Some(m)) => match m.event {
+                            Some(E::SnapshotDone(_)) if !announced => {
+                                announced = true;
+                                let _ = ready_tx.send(Ok(())).await;
+                            }
+                            Some(E::State(st)) => meter.record(&st.message, &mut h),
+                            _ => {}
+                        },
+                        Ok(None) => break,
+                        Err(e) => {
+                            if !announced {
+                                let _ = ready_tx.send(Err(anyhow::anyhow!("stream: {e}"))).await;
+                            }
+                            break;
+                        }
+                    },
+                }
+            }
+            h
+        }));
+    }
+    drop(ready_tx);
+    for n in 0..a.streams {
+        match ready_rx.recv().await {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                bail!("stream {n} failed to open: {e} (is max_streams_per_principal high enough?)")
+            }
+            None => bail!("streams ended before their snapshots"),
+        }
+    }
+    // Let the server settle, then read its memory with every stream idle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_stream = match (a.server_pid, rss_before) {
+        (Some(pid), Some(before)) => {
+            let after = rss(pid)?;
+            Some(after.saturating_sub(before) as f64 / a.streams.max(1) as f64)
+        }
+        _ => None,
+    };
+    let before = server_counters(a).await;
+    let publisher = async_nats::connect(&a.nats).await?;
+    meter.since_ns.store(now_ns(base), Ordering::Relaxed);
+    // Sequences above any earlier run on the same domain.
+    let seq_base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(1);
+    let pub_result = publish(
+        &publisher,
+        a,
+        domain,
+        |u| format!("presence.v1.in.{domain}.{u}"),
+        watchers_per_user,
+        base,
+        seq_base,
+    )
+    .await?;
+    drain(&meter, pub_result.1).await;
+    let after = server_counters(a).await;
+    stop.notify_waiters();
+    let mut hist = histogram();
+    for t in tasks {
+        stop.notify_waiters();
+        if let Ok(h) = t.await {
+            let _ = hist.add(&h);
+        }
+    }
+    let counters = before.zip(after);
+    Ok((
+        finish("broker", &meter, &hist, pub_result, counters),
+        per_stream,
+    ))
+}
+
+fn print_table(r: &Report) {
+    println!();
+    println!(
+        "{} users, {} streams × {} targets, {:?} style, rate {} ev/s, {} s",
+        r.users,
+        r.streams,
+        r.targets,
+        r.style,
+        if r.rate == 0 {
+            "max".to_string()
+        } else {
+            r.rate.to_string()
+        },
+        r.duration_secs
+    );
+    println!(
+        "{:<9} {:>10} {:>9} {:>11} {:>11} {:>11} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "phase",
+        "published",
+        "pub/s",
+        "expected",
+        "delivered",
+        "deliv/s",
+        "p50 µs",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "coalesced"
+    );
+    for p in [&r.baseline, &r.broker].into_iter().flatten() {
+        println!(
+            "{:<9} {:>10} {:>9.0} {:>11} {:>11} {:>11.0} {:>8} {:>8} {:>8} {:>8} {:>10}",
+            p.name,
+            p.published,
+            p.publish_per_sec,
+            p.expected,
+            p.delivered,
+            p.delivered_per_sec,
+            p.latency.p50_us,
+            p.latency.p99_us,
+            p.latency.p999_us,
+            p.latency.max_us,
+            p.server_coalesced
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| p.not_delivered.to_string()),
+        );
+    }
+    if let Some(t) = r.throughput_ratio {
+        println!("broker/baseline: delivered/s {t:.2}×");
+    }
+    if let (Some(p50), Some(p99)) = (r.p50_ratio, r.p99_ratio) {
+        println!("broker/baseline: p50 latency {p50:.1}×, p99 latency {p99:.1}×");
+    }
+    if let Some(m) = r.memory_per_stream_bytes {
+        println!("server memory per idle stream: {:.1} KiB", m / 1024.0);
+    }
+    if let Some(rej) = r.broker.as_ref().and_then(|b| b.server_rejected)
+        && rej > 0
+    {
+        println!(
+            "warning: the broker rejected {rej} events (raise device_rate_per_second/burst or use more users)"
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    if a.users == 0 || a.streams == 0 || a.targets == 0 || a.duration == 0 {
+        bail!("users, streams, targets and duration must be positive");
+    }
+    let token = std::fs::read_to_string(&a.token_file)
+        .with_context(|| format!("read {}", a.token_file.display()))?;
+    let mut admin = presence_client::connect(&a.grpc, Some(token.trim())).await?;
+    let domain = a.domain.clone().unwrap_or_else(|| {
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        format!("load{secs}")
+    });
+    let mut watchers_per_user = vec![0u64; a.users];
+    for s in 0..a.streams {
+        for t in targets_of(s, &a) {
+            watchers_per_user[t] += 1;
+        }
+    }
+    let base = Instant::now();
+    let need_setup = a.mode != Mode::Baseline && a.domain.is_none();
+    if need_setup {
+        eprintln!("setup: domain {domain} with {} users", a.users);
+        setup(&mut admin, &a, &domain).await?;
+    }
+    let baseline_phase = if a.mode != Mode::Broker {
+        Some(baseline(&a, &domain, &watchers_per_user, base).await?)
+    } else {
+        None
+    };
+    let (broker_phase, per_stream) = if a.mode != Mode::Baseline {
+        let (p, m) = broker(&a, &mut admin, &domain, &watchers_per_user, base).await?;
+        (Some(p), m)
+    } else {
+        (None, None)
+    };
+    let ratio = |f: &dyn Fn(&Phase) -> f64| match (&baseline_phase, &broker_phase) {
+        (Some(b), Some(k)) if f(b) > 0.0 => Some(f(k) / f(b)),
+        _ => None,
+    };
+    let report = Report {
+        users: a.users,
+        streams: a.streams,
+        targets: a.targets,
+        style: a.style,
+        connections: a.connections,
+        rate: a.rate,
+        duration_secs: a.duration,
+        throughput_ratio: ratio(&|p| p.delivered_per_sec),
+        p50_ratio: ratio(&|p| p.latency.p50_us as f64),
+        p99_ratio: ratio(&|p| p.latency.p99_us as f64),
+        baseline: baseline_phase,
+        broker: broker_phase,
+        memory_per_stream_bytes: per_stream,
+    };
+    print_table(&report);
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
