@@ -73,9 +73,16 @@ struct Args {
     /// File with an admin token (e.g. data/bootstrap-admin.token).
     #[arg(long)]
     token_file: PathBuf,
-    /// Domain to create (default: a fresh `load<unix seconds>`).
+    /// Domain to use (default: a fresh `load<unix seconds>`).
     #[arg(long)]
     domain: Option<String>,
+    /// Use the domain as it is (created by an earlier run) instead of
+    /// creating it with its users and grants.
+    #[arg(long)]
+    no_setup: bool,
+    /// Only create the domain, users and grants (for ghz and k6), then exit.
+    #[arg(long)]
+    setup_only: bool,
     /// Users (targets) in the domain.
     #[arg(long, default_value_t = 1000)]
     users: usize,
@@ -791,10 +798,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     let base = Instant::now();
-    let need_setup = a.mode != Mode::Baseline && a.domain.is_none();
-    if need_setup {
+    if !a.no_setup && (a.mode != Mode::Baseline || a.setup_only) {
         eprintln!("setup: domain {domain} with {} users", a.users);
         setup(&mut admin, &a, &domain).await?;
+    }
+    if a.setup_only {
+        println!("{domain}");
+        return Ok(());
     }
     let baseline_phase = if a.mode != Mode::Broker {
         Some(baseline(&a, &domain, &watchers_per_user, base).await?)
