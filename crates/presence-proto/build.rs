@@ -35,6 +35,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("presence_descriptor.bin"), fds.encode_to_vec())?;
 
     let mut builder = tonic_prost_build::configure()
+        .codec_path("crate::codec::CompactCodec")
         .type_attribute(".presence.v1", "#[derive(serde::Serialize)]");
     for (field, with) in ENUM_FIELDS {
         builder = builder.field_attribute(

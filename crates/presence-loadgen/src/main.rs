@@ -179,8 +179,13 @@ struct Report {
     p50_ratio: Option<f64>,
     /// broker p99 ÷ baseline p99.
     p99_ratio: Option<f64>,
-    /// Server resident memory added per open, idle stream (bytes).
+    /// Server resident memory added per idle stream (bytes), measured on
+    /// the second half of the streams (after the first half warmed the
+    /// allocator up).
     memory_per_stream_bytes: Option<f64>,
+    /// Server resident memory growth over all streams, per stream
+    /// (includes the allocator's high-water mark of the snapshots).
+    memory_per_stream_total_bytes: Option<f64>,
 }
 
 /// Nanoseconds since the run started (one clock for publishers and
@@ -553,7 +558,7 @@ async fn broker(
     domain: &str,
     watchers_per_user: &[u64],
     base: Instant,
-) -> anyhow::Result<(Phase, Option<f64>)> {
+) -> anyhow::Result<(Phase, Option<(f64, f64)>)> {
     let gateway = admin
         .auth
         .issue_token(v1::IssueTokenRequest {
@@ -598,81 +603,94 @@ async fn broker(
     let (ready_tx, mut ready_rx) =
         tokio::sync::mpsc::channel::<anyhow::Result<()>>(a.streams.max(1));
     let mut tasks = Vec::new();
-    for s in 0..a.streams {
-        let mut c = match a.style {
-            Style::Gateway => shared[s % shared.len()].clone(),
-            Style::Phone => presence_client::connect(&a.grpc, Some(&gateway)).await?,
-        };
-        let targets: Vec<String> = targets_of(s, a).into_iter().map(user_id).collect();
-        let watcher = user_id(s % a.users);
-        let domain = domain.to_owned();
-        let meter = meter.clone();
-        let stop = stop.clone();
-        let ready_tx = ready_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut h = histogram();
-            let stream = c
-                .presence
-                .watch(v1::WatchRequest {
-                    domain,
-                    watcher,
-                    selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
-                        targets,
-                    })),
-                    heartbeat_seconds: 3600,
-                    ..Default::default()
-                })
-                .await;
-            let mut stream = match stream {
-                Ok(s) => s.into_inner(),
-                Err(e) => {
-                    let _ = ready_tx.send(Err(anyhow::anyhow!("watch: {e}"))).await;
-                    return h;
-                }
+    // Streams open in two halves; the server's memory is read after each
+    // (idle, settled): the second half's growth is the marginal memory
+    // of an idle stream, free of the allocator's high-water mark from
+    // the first half's snapshots.
+    let half = a.streams / 2;
+    let mut rss_after = Vec::new();
+    for (lo, hi) in [(0, half), (half, a.streams)] {
+        for s in lo..hi {
+            let mut c = match a.style {
+                Style::Gateway => shared[s % shared.len()].clone(),
+                Style::Phone => presence_client::connect(&a.grpc, Some(&gateway)).await?,
             };
-            let mut announced = false;
-            loop {
-                tokio::select! {
-                    _ = stop.notified() => break,
-                    m = stream.message() => match m {
-                        Ok(Some(m)) => match m.event {
-                            Some(E::SnapshotDone(_)) if !announced => {
-                                announced = true;
-                                let _ = ready_tx.send(Ok(())).await;
+            let targets: Vec<String> = targets_of(s, a).into_iter().map(user_id).collect();
+            let watcher = user_id(s % a.users);
+            let domain = domain.to_owned();
+            let meter = meter.clone();
+            let stop = stop.clone();
+            let ready_tx = ready_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut h = histogram();
+                let stream = c
+                    .presence
+                    .watch(v1::WatchRequest {
+                        domain,
+                        watcher,
+                        selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+                            targets,
+                        })),
+                        heartbeat_seconds: 3600,
+                        ..Default::default()
+                    })
+                    .await;
+                let mut stream = match stream {
+                    Ok(s) => s.into_inner(),
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(anyhow::anyhow!("watch: {e}"))).await;
+                        return h;
+                    }
+                };
+                let mut announced = false;
+                loop {
+                    tokio::select! {
+                        _ = stop.notified() => break,
+                        m = stream.message() => match m {
+                            Ok(Some(m)) => match m.event {
+                                Some(E::SnapshotDone(_)) if !announced => {
+                                    announced = true;
+                                    let _ = ready_tx.send(Ok(())).await;
+                                }
+                                Some(E::State(st)) => meter.record(&st.message, &mut h),
+                                _ => {}
+                            },
+                            Ok(None) => break,
+                            Err(e) => {
+                                if !announced {
+                                    let _ = ready_tx.send(Err(anyhow::anyhow!("stream: {e}"))).await;
+                                }
+                                break;
                             }
-                            Some(E::State(st)) => meter.record(&st.message, &mut h),
-                            _ => {}
                         },
-                        Ok(None) => break,
-                        Err(e) => {
-                            if !announced {
-                                let _ = ready_tx.send(Err(anyhow::anyhow!("stream: {e}"))).await;
-                            }
-                            break;
-                        }
-                    },
+                    }
                 }
+                h
+            }));
+        }
+        for n in lo..hi {
+            match ready_rx.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => {
+                    bail!(
+                        "stream {n} failed to open: {e} (is max_streams_per_principal high enough?)"
+                    )
+                }
+                None => bail!("streams ended before their snapshots"),
             }
-            h
-        }));
+        }
+        // Let the server settle, then read its memory with every stream idle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some(pid) = a.server_pid {
+            rss_after.push(rss(pid)?);
+        }
     }
     drop(ready_tx);
-    for n in 0..a.streams {
-        match ready_rx.recv().await {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                bail!("stream {n} failed to open: {e} (is max_streams_per_principal high enough?)")
-            }
-            None => bail!("streams ended before their snapshots"),
-        }
-    }
-    // Let the server settle, then read its memory with every stream idle.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let per_stream = match (a.server_pid, rss_before) {
-        (Some(pid), Some(before)) => {
-            let after = rss(pid)?;
-            Some(after.saturating_sub(before) as f64 / a.streams.max(1) as f64)
-        }
+    let per_stream = match (rss_before, rss_after.as_slice()) {
+        (Some(before), [first, second]) if a.streams - half > 0 => Some((
+            second.saturating_sub(*first) as f64 / (a.streams - half) as f64,
+            second.saturating_sub(before) as f64 / a.streams as f64,
+        )),
         _ => None,
     };
     let before = server_counters(a).await;
@@ -763,8 +781,12 @@ fn print_table(r: &Report) {
     if let (Some(p50), Some(p99)) = (r.p50_ratio, r.p99_ratio) {
         println!("broker/baseline: p50 latency {p50:.1}×, p99 latency {p99:.1}×");
     }
-    if let Some(m) = r.memory_per_stream_bytes {
-        println!("server memory per idle stream: {:.1} KiB", m / 1024.0);
+    if let (Some(m), Some(t)) = (r.memory_per_stream_bytes, r.memory_per_stream_total_bytes) {
+        println!(
+            "server memory per idle stream: {:.1} KiB marginal, {:.1} KiB including warm-up",
+            m / 1024.0,
+            t / 1024.0
+        );
     }
     if let Some(rej) = r.broker.as_ref().and_then(|b| b.server_rejected)
         && rej > 0
@@ -834,7 +856,8 @@ async fn main() -> anyhow::Result<()> {
         p99_ratio: ratio(&|p| p.latency.p99_us as f64),
         baseline: baseline_phase,
         broker: broker_phase,
-        memory_per_stream_bytes: per_stream,
+        memory_per_stream_bytes: per_stream.map(|m| m.0),
+        memory_per_stream_total_bytes: per_stream.map(|m| m.1),
     };
     print_table(&report);
     if let Some(path) = &a.json {

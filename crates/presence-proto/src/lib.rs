@@ -9,6 +9,7 @@
 //!   [`tonic::Status`] (and back, for clients);
 //! - [`FILE_DESCRIPTOR_SET`]: the encoded descriptors served by reflection.
 
+pub mod codec;
 pub mod convert;
 pub mod json;
 pub mod status;

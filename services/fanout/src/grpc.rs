@@ -53,8 +53,9 @@ impl PresenceService for FanoutGrpc {
             .watch(&p, request.into_inner())
             .await
             .map_err(|e| respond("watch", e))?;
-        Ok(Response::new(Box::pin(
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
             tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+            |r| r.map(|b| *b),
+        ))))
     }
 }

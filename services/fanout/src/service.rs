@@ -481,7 +481,7 @@ impl Fanout {
         &self,
         p: &Principal,
         req: v1::WatchRequest,
-    ) -> ApiResult<mpsc::Receiver<Result<v1::WatchEvent, tonic::Status>>> {
+    ) -> ApiResult<mpsc::Receiver<crate::watch::WatchItem>> {
         let d = DomainId::parse(&req.domain)?;
         p.require_domain(&d)?;
         let watcher = match p {

@@ -296,6 +296,11 @@ impl Hub {
     }
 }
 
+/// What a stream's channel carries towards the transport. Boxed, so the
+/// channel's preallocated slots cost 16 bytes each rather than the size
+/// of a full state (memory per idle stream).
+pub type WatchItem = Result<Box<v1::WatchEvent>, tonic::Status>;
+
 /// Limits of watch streams.
 #[derive(Debug, Clone)]
 pub struct WatchConfig {
@@ -398,13 +403,17 @@ pub async fn run_stream(
     acl: AclView,
     hub: Hub,
     spec: StreamSpec,
-    tx: mpsc::Sender<Result<v1::WatchEvent, tonic::Status>>,
+    tx: mpsc::Sender<WatchItem>,
     shutdown: CancellationToken,
     _slot: Slot,
 ) {
     let send = |e: E| {
         let tx = tx.clone();
-        async move { tx.send(Ok(v1::WatchEvent { event: Some(e) })).await.is_ok() }
+        async move {
+            tx.send(Ok(Box::new(v1::WatchEvent { event: Some(e) })))
+                .await
+                .is_ok()
+        }
     };
     let mailbox = Arc::new(Mailbox::default());
     // Register before the snapshot so no change falls between the two.

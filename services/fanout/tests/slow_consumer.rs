@@ -28,7 +28,7 @@ fn user(id: &str) -> Principal {
     }
 }
 
-async fn next(rx: &mut tokio::sync::mpsc::Receiver<Result<v1::WatchEvent, tonic::Status>>) -> E {
+async fn next(rx: &mut tokio::sync::mpsc::Receiver<presence_fanout::watch::WatchItem>) -> E {
     tokio::time::timeout(Duration::from_secs(10), rx.recv())
         .await
         .unwrap()
