@@ -37,7 +37,7 @@
 //!   while a shard has no owner.
 
 use crate::convert::{reject_reason, state_to_proto};
-use crate::service::{check_event, ingest_target, rejected};
+use crate::service::{applied, check_event, ingest_target, rejected};
 use crate::shard::{RateLimit, Shard, SnapUser, UserKey, shard_index, sleep_until_opt};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -925,18 +925,7 @@ impl Cluster {
                 Ok((d, u)) => match check_event(&self.params.acl, &d, &u, &e).await {
                     Err(r) => r,
                     Ok(ev) => match shard.apply((d, u), &ev, now).await {
-                        Ok(changed) => {
-                            metrics::counter!("presence_fanout_events_applied_total").increment(1);
-                            if !changed {
-                                metrics::counter!("presence_fanout_events_unchanged_total")
-                                    .increment(1);
-                            }
-                            v1::PublishResult {
-                                accepted: true,
-                                reason: RejectReason::Unspecified as i32,
-                                detail: String::new(),
-                            }
-                        }
+                        Ok(changed) => applied(changed),
                         Err(r) => rejected(reject_reason(r), format!("{r:?}")),
                     },
                 },

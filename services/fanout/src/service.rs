@@ -93,6 +93,19 @@ pub(crate) fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::P
     }
 }
 
+/// Counts an applied event and returns its verdict.
+pub(crate) fn applied(changed: bool) -> v1::PublishResult {
+    metrics::counter!("presence_fanout_events_applied_total").increment(1);
+    if !changed {
+        metrics::counter!("presence_fanout_events_unchanged_total").increment(1);
+    }
+    v1::PublishResult {
+        accepted: true,
+        reason: RejectReason::Unspecified as i32,
+        detail: String::new(),
+    }
+}
+
 /// Validates an event's shape and that its user exists; a rejection is
 /// counted and returned as the event's verdict.
 pub(crate) async fn check_event(
@@ -288,18 +301,7 @@ impl Fanout {
                 for ((d, u), ev, _) in events {
                     let h = &handles[shard::shard_index(&d, &u, handles.len())];
                     out.push(match h.apply((d, u), ev).await {
-                        Ok(Ok(changed)) => {
-                            metrics::counter!("presence_fanout_events_applied_total").increment(1);
-                            if !changed {
-                                metrics::counter!("presence_fanout_events_unchanged_total")
-                                    .increment(1);
-                            }
-                            v1::PublishResult {
-                                accepted: true,
-                                reason: RejectReason::Unspecified as i32,
-                                detail: String::new(),
-                            }
-                        }
+                        Ok(Ok(changed)) => applied(changed),
                         Ok(Err(r)) => rejected(reject_reason(r), format!("{r:?}")),
                         Err(e) => rejected(RejectReason::Unspecified, e.to_string()),
                     });
