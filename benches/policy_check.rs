@@ -79,6 +79,13 @@ fn bench(c: &mut Criterion) {
             )
         })
     });
+    let target = targets[1].clone();
+    g.bench_function("cached_decision", |b| {
+        b.iter(|| {
+            black_box(view.cached(&d, &watcher, black_box(target.as_str()), Question::See))
+                .unwrap_or_else(|| panic!("not cached"))
+        })
+    });
     g.bench_function("uncached_check_one", |b| {
         b.iter(|| {
             black_box(
@@ -93,6 +100,14 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 now_or_spin(view.check(&d, &watcher, black_box(&targets), Question::See))
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+        })
+    });
+    g.bench_function("cached_decide_batch_1000", |b| {
+        b.iter(|| {
+            black_box(
+                now_or_spin(view.decide(&d, &watcher, black_box(&targets), Question::See))
                     .unwrap_or_else(|e| panic!("{e}")),
             )
         })

@@ -392,7 +392,7 @@ impl Fanout {
                 let decisions = self
                     .inner
                     .acl
-                    .check(&d, user, &names, Question::See)
+                    .decide(&d, user, &names, Question::See)
                     .await?;
                 targets
                     .iter()

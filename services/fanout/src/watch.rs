@@ -436,7 +436,7 @@ pub async fn run_stream(
     // caller id visibility per allowed target; absent = denied.
     let mut allowed: HashMap<String, bool> = HashMap::new();
     let decisions = match acl
-        .check(&spec.domain, &spec.watcher, &spec.targets, Question::See)
+        .decide(&spec.domain, &spec.watcher, &spec.targets, Question::See)
         .await
     {
         Ok(d) => d,
@@ -446,11 +446,11 @@ pub async fn run_stream(
         }
     };
     let mut denied_set: HashSet<String> = HashSet::new();
-    for dec in &decisions {
+    for (target, dec) in spec.targets.iter().zip(&decisions) {
         if dec.allowed {
-            allowed.insert(dec.target.clone(), dec.caller_id_visible);
-        } else if denied_set.insert(dec.target.clone())
-            && !send(E::Denied(access(&dec.target, "not permitted"))).await
+            allowed.insert(target.clone(), dec.caller_id_visible);
+        } else if denied_set.insert(target.clone())
+            && !send(E::Denied(access(target, "not permitted"))).await
         {
             return;
         }
@@ -513,7 +513,7 @@ pub async fn run_stream(
                 if epoch.is_some() && epoch == seen_epoch {
                     continue;
                 }
-                let decisions = match acl.check(&spec.domain, &spec.watcher, &spec.targets, Question::See).await {
+                let decisions = match acl.decide(&spec.domain, &spec.watcher, &spec.targets, Question::See).await {
                     Ok(d) => d,
                     Err(e) => {
                         let _ = tx.send(Err(presence_proto::status::to_status(e))).await;
@@ -524,20 +524,22 @@ pub async fn run_stream(
                 // it ran triggers another check.
                 seen_epoch = epoch;
                 let mut granted = Vec::new();
-                for dec in decisions {
-                    let was = allowed.contains_key(&dec.target);
+                for (target, dec) in spec.targets.iter().zip(decisions) {
+                    let was = allowed.contains_key(target);
                     if was && !dec.allowed {
-                        allowed.remove(&dec.target);
-                        last_sent.remove(&dec.target);
-                        if !send(E::Revoked(access(&dec.target, "access revoked"))).await {
+                        allowed.remove(target);
+                        last_sent.remove(target);
+                        if !send(E::Revoked(access(target, "access revoked"))).await {
                             return;
                         }
                     } else if !was && dec.allowed {
-                        allowed.insert(dec.target.clone(), dec.caller_id_visible);
-                        granted.push(dec.target.clone());
+                        allowed.insert(target.clone(), dec.caller_id_visible);
+                        granted.push(target.clone());
                     } else if dec.allowed {
                         // Caller-id visibility may have changed.
-                        allowed.insert(dec.target.clone(), dec.caller_id_visible);
+                        if let Some(v) = allowed.get_mut(target) {
+                            *v = dec.caller_id_visible;
+                        }
                     }
                 }
                 if !granted.is_empty() {

@@ -3,9 +3,20 @@
 //! Decisions come from the local directory store ([`AclView::new`]) or
 //! from policy nodes over the bus ([`AclView::remote`]).
 //!
-//! Decisions are cached in a bounded moka cache keyed by (domain, policy
-//! epoch, watcher, target, question). The epoch of a domain is bumped by
-//! every change that can widen or narrow access, inside the same commit,
+//! Decisions are cached in a bounded moka cache with one entry per
+//! (domain, watcher, question): a table of that watcher's decisions under
+//! one policy epoch, replaced (copy on write) when misses are added. A
+//! check of many targets, the common case (a stream subscribing, or every
+//! stream of a domain re-checking after an ACL event), costs one moka
+//! lookup plus one hash lookup per target. moka's key is a 64-bit
+//! fingerprint of (domain, watcher, question) under a per-process random
+//! hash key, and the table keeps that tuple itself: a table that does not
+//! match exactly is a miss, so a fingerprint collision can cost a
+//! re-evaluation but never hand one user's answers to another. Capacity
+//! counts decisions (a table weighs its size plus one).
+//!
+//! The epoch of a domain is bumped by every change that can widen or
+//! narrow access, inside the same commit,
 //! and announced on `presence.v1.acl.<domain>`. The view applies those
 //! events to its local epochs; a lookup uses the local epoch, so once an
 //! event is applied, every entry cached before it is unreachable and the
@@ -22,11 +33,63 @@ use presence_directory::Store;
 use presence_proto::v1;
 use prost::Message;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-type Key = (Arc<str>, u64, Arc<str>, Arc<str>, bool);
+/// The decisions cached for one watcher and question under one epoch,
+/// with the exact (domain, watcher, question) they answer.
+struct Table {
+    domain: Box<str>,
+    watcher: Box<str>,
+    see: bool,
+    epoch: u64,
+    decisions: HashMap<Box<str>, CachedDecision>,
+}
+
+impl Table {
+    fn answers(&self, d: &str, w: &str, see: bool) -> bool {
+        self.see == see && *self.watcher == *w && *self.domain == *d
+    }
+
+    /// moka's weight: the number of decisions, plus one for the table.
+    fn weight(&self) -> u32 {
+        u32::try_from(self.decisions.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(1)
+    }
+}
+
+/// moka's hasher for keys that already are random fingerprints: it
+/// passes them through instead of hashing them again.
+#[derive(Clone, Copy, Default)]
+struct Prehashed;
+
+/// The hasher of [`Prehashed`].
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl BuildHasher for Prehashed {
+    type Hasher = PassThrough;
+    fn build_hasher(&self) -> PassThrough {
+        PassThrough::default()
+    }
+}
 
 /// What [`AclView::run`] consumes: ACL events and reconnections.
 pub struct AclFeed {
@@ -34,15 +97,37 @@ pub struct AclFeed {
     reconnects: tokio::sync::watch::Receiver<u64>,
 }
 
-/// A cached decision.
+/// A decision as the cache keeps it (see [`AclView::cached`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Cached {
-    allowed: bool,
-    rule: i32,
-    caller_id_visible: bool,
+pub struct CachedDecision {
+    /// Whether the watcher may see (or pick up) the target.
+    pub allowed: bool,
+    /// The deciding rule (`v1::Rule` as i32).
+    pub rule: i32,
+    /// Whether caller identity may be shown with the target's calls.
+    pub caller_id_visible: bool,
 }
 
-/// Cached access decisions kept correct by ACL events.
+impl CachedDecision {
+    fn of(d: &v1::Decision) -> Self {
+        Self {
+            allowed: d.allowed,
+            rule: d.rule,
+            caller_id_visible: d.caller_id_visible,
+        }
+    }
+
+    fn decision(self, target: &str) -> v1::Decision {
+        v1::Decision {
+            target: target.to_owned(),
+            allowed: self.allowed,
+            rule: self.rule,
+            caller_id_visible: self.caller_id_visible,
+        }
+    }
+}
+
+/// CachedDecision access decisions kept correct by ACL events.
 #[derive(Clone)]
 pub struct AclView {
     inner: Arc<Inner>,
@@ -58,7 +143,8 @@ enum Source {
 
 struct Inner {
     source: Source,
-    cache: moka::sync::Cache<Key, Cached>,
+    cache: moka::sync::Cache<u64, Arc<Table>, Prehashed>,
+    fingerprints: std::hash::RandomState,
     epochs: RwLock<HashMap<String, u64>>,
     applied: tokio::sync::watch::Sender<u64>,
 }
@@ -81,7 +167,11 @@ impl AclView {
         Self {
             inner: Arc::new(Inner {
                 source,
-                cache: moka::sync::Cache::builder().max_capacity(capacity).build(),
+                cache: moka::sync::Cache::builder()
+                    .max_capacity(capacity)
+                    .weigher(|_, t: &Arc<Table>| t.weight())
+                    .build_with_hasher(Prehashed),
+                fingerprints: std::hash::RandomState::new(),
                 epochs: RwLock::new(HashMap::new()),
                 applied,
             }),
@@ -118,6 +208,36 @@ impl AclView {
         self.inner.applied.send_modify(|n| *n += 1);
     }
 
+    fn fingerprint(&self, d: &str, w: &str, see: bool) -> u64 {
+        let mut h = self.inner.fingerprints.build_hasher();
+        d.hash(&mut h);
+        w.hash(&mut h);
+        see.hash(&mut h);
+        h.finish()
+    }
+
+    /// Returns the table cached for (d, w, see) if it is of `epoch`.
+    fn table(&self, d: &str, w: &str, see: bool, epoch: u64) -> Option<Arc<Table>> {
+        let t = self.inner.cache.get(&self.fingerprint(d, w, see))?;
+        (t.epoch == epoch && t.answers(d, w, see)).then_some(t)
+    }
+
+    /// Returns the cached answer to `q` for `watcher` and `target` under
+    /// the domain's current local epoch, without evaluating or
+    /// allocating; `None` when it is not cached (then use
+    /// [`AclView::check`]).
+    pub fn cached(
+        &self,
+        d: &DomainId,
+        watcher: &UserId,
+        target: &str,
+        q: Question,
+    ) -> Option<CachedDecision> {
+        let epoch = self.epoch(d)?;
+        let t = self.table(d.as_str(), watcher.as_str(), q == Question::See, epoch)?;
+        t.decisions.get(target).copied()
+    }
+
     /// Answers `q` for one watcher and many targets, from the cache where
     /// possible. Unknown targets are denied with rule `OTHER_DOMAIN`; an
     /// unknown watcher is `NotFound`; with a remote source and no policy
@@ -130,62 +250,113 @@ impl AclView {
         targets: &[String],
         q: Question,
     ) -> ApiResult<Vec<v1::Decision>> {
-        let dk: Arc<str> = Arc::from(d.as_str());
-        let wk: Arc<str> = Arc::from(watcher.as_str());
+        let decided = self.decide(d, watcher, targets, q).await?;
+        Ok(targets
+            .iter()
+            .zip(decided)
+            .map(|(t, c)| c.decision(t))
+            .collect())
+    }
+
+    /// Like [`AclView::check`], but returns the decisions in the order of
+    /// `targets` without building reply messages: a batch of hits costs
+    /// one cache lookup plus one hash lookup per target.
+    pub async fn decide(
+        &self,
+        d: &DomainId,
+        watcher: &UserId,
+        targets: &[String],
+        q: Question,
+    ) -> ApiResult<Vec<CachedDecision>> {
         let see = q == Question::See;
-        let mut out: Vec<Option<v1::Decision>> = vec![None; targets.len()];
+        let table = self
+            .epoch(d)
+            .and_then(|e| self.table(d.as_str(), watcher.as_str(), see, e));
+        let mut out: Vec<Option<CachedDecision>> = Vec::with_capacity(targets.len());
         let mut misses: Vec<usize> = Vec::new();
-        match self.epoch(d) {
-            Some(epoch) => {
-                for (i, t) in targets.iter().enumerate() {
-                    let key = (dk.clone(), epoch, wk.clone(), Arc::from(t.as_str()), see);
-                    match self.inner.cache.get(&key) {
-                        Some(c) => {
-                            out[i] = Some(v1::Decision {
-                                target: t.clone(),
-                                allowed: c.allowed,
-                                rule: c.rule,
-                                caller_id_visible: c.caller_id_visible,
-                            })
-                        }
-                        None => misses.push(i),
-                    }
-                }
+        for (i, t) in targets.iter().enumerate() {
+            let hit = table
+                .as_ref()
+                .and_then(|tb| tb.decisions.get(t.as_str()).copied());
+            if hit.is_none() {
+                misses.push(i);
             }
-            None => misses.extend(0..targets.len()),
+            out.push(hit);
         }
         metrics::counter!("presence_acl_cache_hits_total")
             .increment((targets.len() - misses.len()) as u64);
         if !misses.is_empty() {
-            metrics::counter!("presence_acl_cache_misses_total").increment(misses.len() as u64);
-            let wanted: Vec<String> = misses.iter().map(|i| targets[*i].clone()).collect();
-            let (epoch, fresh) = match &self.inner.source {
-                Source::Local(store) => evaluate(store, d, watcher, &wanted, q)?,
-                Source::Remote { bus, timeout } => {
-                    crate::remote::ask(bus, d, watcher, &wanted, q, *timeout).await?
-                }
-            };
-            self.raise(d.as_str(), epoch);
-            for (i, dec) in misses.into_iter().zip(fresh) {
-                let key = (
-                    dk.clone(),
-                    epoch,
-                    wk.clone(),
-                    Arc::from(dec.target.as_str()),
-                    see,
-                );
-                self.inner.cache.insert(
-                    key,
-                    Cached {
-                        allowed: dec.allowed,
-                        rule: dec.rule,
-                        caller_id_visible: dec.caller_id_visible,
-                    },
-                );
-                out[i] = Some(dec);
-            }
+            self.fill(d, watcher, targets, q, table, &misses, &mut out)
+                .await?;
         }
-        Ok(out.into_iter().flatten().collect())
+        Ok(out
+            .into_iter()
+            .map(|c| {
+                c.unwrap_or(CachedDecision {
+                    allowed: false,
+                    rule: v1::Rule::Unspecified as i32,
+                    caller_id_visible: false,
+                })
+            })
+            .collect())
+    }
+
+    /// Evaluates the `misses` (indexes into `targets`), stores them in
+    /// `out` and caches them in a new table for the watcher.
+    #[allow(clippy::too_many_arguments)]
+    async fn fill(
+        &self,
+        d: &DomainId,
+        watcher: &UserId,
+        targets: &[String],
+        q: Question,
+        table: Option<Arc<Table>>,
+        misses: &[usize],
+        out: &mut [Option<CachedDecision>],
+    ) -> ApiResult<()> {
+        metrics::counter!("presence_acl_cache_misses_total").increment(misses.len() as u64);
+        let see = q == Question::See;
+        let wanted: Vec<String> = misses.iter().map(|i| targets[*i].clone()).collect();
+        let (epoch, fresh) = match &self.inner.source {
+            Source::Local(store) => evaluate(store, d, watcher, &wanted, q)?,
+            Source::Remote { bus, timeout } => {
+                crate::remote::ask(bus, d, watcher, &wanted, q, *timeout).await?
+            }
+        };
+        self.raise(d.as_str(), epoch);
+        // Keep what the table already knew only if it is of the epoch the
+        // evaluation read; a table of another epoch is dropped whole.
+        let mut decisions = match table {
+            Some(tb) if tb.epoch == epoch => tb.decisions.clone(),
+            _ => HashMap::with_capacity(fresh.len()),
+        };
+        if fresh.len() != misses.len()
+            || misses
+                .iter()
+                .zip(&fresh)
+                .any(|(i, dec)| dec.target != targets[*i])
+        {
+            return Err(ApiError::Internal(
+                "policy answered for other targets than asked".into(),
+            ));
+        }
+        for (i, dec) in misses.iter().zip(fresh) {
+            let c = CachedDecision::of(&dec);
+            decisions.insert(targets[*i].as_str().into(), c);
+            out[*i] = Some(c);
+        }
+        let key = self.fingerprint(d.as_str(), watcher.as_str(), see);
+        self.inner.cache.insert(
+            key,
+            Arc::new(Table {
+                domain: d.as_str().into(),
+                watcher: watcher.as_str().into(),
+                see,
+                epoch,
+                decisions,
+            }),
+        );
+        Ok(())
     }
 
     /// Returns the targets `sel` names for `watcher` (see
@@ -220,7 +391,7 @@ impl AclView {
         Ok(list)
     }
 
-    /// Returns whether `user` exists in `d`. Cached like any decision (a
+    /// Returns whether `user` exists in `d`. CachedDecision like any decision (a
     /// user sees itself exactly while it exists; deleting it moves the
     /// domain's epoch).
     pub async fn user_exists(&self, d: &DomainId, user: &UserId) -> ApiResult<bool> {
@@ -240,10 +411,14 @@ impl AclView {
         self.inner.applied.subscribe()
     }
 
-    /// Returns the number of cached decisions (approximate).
+    /// Returns the number of cached decisions (approximate: tables of
+    /// past epochs count until they are replaced or evicted).
     pub fn cached_entries(&self) -> u64 {
         self.inner.cache.run_pending_tasks();
-        self.inner.cache.entry_count()
+        self.inner
+            .cache
+            .weighted_size()
+            .saturating_sub(self.inner.cache.entry_count())
     }
 
     /// Waits until the view has applied an event bringing domain `d` to
@@ -319,5 +494,63 @@ impl AclView {
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn table(d: &str, w: &str, epoch: u64, target: &str) -> Arc<Table> {
+        let mut decisions = HashMap::new();
+        decisions.insert(
+            target.into(),
+            CachedDecision {
+                allowed: true,
+                rule: 1,
+                caller_id_visible: true,
+            },
+        );
+        Arc::new(Table {
+            domain: d.into(),
+            watcher: w.into(),
+            see: true,
+            epoch,
+            decisions,
+        })
+    }
+
+    /// A table found under another watcher's fingerprint (a collision) or
+    /// of another epoch is a miss, never an answer.
+    #[test]
+    fn colliding_or_stale_tables_are_misses() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let view = AclView::new(store, 100);
+        let d = DomainId::parse("acme").unwrap();
+        let carol = UserId::parse("carol").unwrap();
+        view.raise("acme", 7);
+        let key = view.fingerprint("acme", "carol", true);
+
+        // Alice's table stored where carol's belongs.
+        view.inner
+            .cache
+            .insert(key, table("acme", "alice", 7, "bob"));
+        assert_eq!(view.cached(&d, &carol, "bob", Question::See), None);
+        // Carol's own table, but of an older epoch.
+        view.inner
+            .cache
+            .insert(key, table("acme", "carol", 6, "bob"));
+        assert_eq!(view.cached(&d, &carol, "bob", Question::See), None);
+        // Carol's table of the current epoch answers, for See only.
+        view.inner
+            .cache
+            .insert(key, table("acme", "carol", 7, "bob"));
+        assert!(
+            view.cached(&d, &carol, "bob", Question::See)
+                .is_some_and(|c| c.allowed)
+        );
+        assert_eq!(view.cached(&d, &carol, "bob", Question::Pickup), None);
     }
 }

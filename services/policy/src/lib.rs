@@ -22,6 +22,6 @@ pub mod remote;
 pub mod rules;
 pub mod service;
 
-pub use acl::AclView;
+pub use acl::{AclView, CachedDecision};
 pub use grpc::PolicyGrpc;
 pub use service::{Policy, PolicyConfig, Question};
