@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use futures_util::future::join_all;
 use presence_bus::InProcessBus;
 use presence_core::presence::{
     CallState, Direction, Event, EventKind, Limits, UserPresence, UserStatus,
@@ -263,28 +264,40 @@ fn shard_burst(c: &mut Criterion) {
     let mut g = c.benchmark_group("shard_burst");
     g.throughput(Throughput::Elements(BURST));
     g.sample_size(10);
+    // The burst: 100 users publish concurrently, each its 100 events in
+    // order (so none is stale); over when every verdict is back.
+    let per_user = BURST / 100;
     g.bench_function("baseline_actor_round_trips", |b| {
         b.iter(|| {
-            rt.block_on(async {
-                for _ in 0..BURST {
-                    let (r, w) = oneshot::channel();
-                    tx.send(r).await.unwrap();
-                    w.await.unwrap();
+            rt.block_on(join_all((0..100).map(|_| {
+                let tx = tx.clone();
+                async move {
+                    for _ in 0..per_user {
+                        let (r, w) = oneshot::channel();
+                        tx.send(r).await.unwrap();
+                        w.await.unwrap();
+                    }
                 }
-            })
+            })))
         })
     });
-    let mut seq = 0u64;
+    let mut round = 0u64;
     g.bench_function("absorb_10k_events_100_users", |b| {
         b.iter(|| {
-            rt.block_on(async {
-                for i in 0..BURST {
-                    seq += 1;
-                    let u = users[(i % 100) as usize].clone();
-                    let r = handle.apply((d.clone(), u), status(seq)).await.unwrap();
-                    black_box(r.ok());
+            round += 1;
+            let first = round * per_user;
+            let accepted = rt.block_on(join_all(users.iter().map(|u| {
+                let (handle, key) = (&handle, (d.clone(), u.clone()));
+                async move {
+                    let mut ok = 0;
+                    for seq in first..first + per_user {
+                        let r = handle.apply(key.clone(), status(seq)).await.unwrap();
+                        ok += usize::from(r.is_ok());
+                    }
+                    ok
                 }
-            })
+            })));
+            assert_eq!(accepted.iter().sum::<usize>() as u64, BURST);
         })
     });
     g.finish();

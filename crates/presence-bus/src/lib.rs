@@ -107,3 +107,15 @@ pub trait Bus: Send + Sync + 'static {
 
 /// A shared handle to a bus.
 pub type SharedBus = Arc<dyn Bus>;
+
+/// Returns the next item of `s`, or `None` once `shutdown` is cancelled
+/// or `s` has ended: the head of every consumer loop.
+pub async fn next_or_shutdown<S: Stream + Unpin>(
+    s: &mut S,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Option<S::Item> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        m = futures_util::StreamExt::next(s) => m,
+    }
+}

@@ -329,12 +329,8 @@ impl Cluster {
         shutdown: CancellationToken,
     ) {
         loop {
-            let m = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = sub.next() => match m {
-                    Some(m) => m,
-                    None => return,
-                },
+            let Some(m) = presence_bus::next_or_shutdown(&mut sub, &shutdown).await else {
+                return;
             };
             let Ok(r) = v1::ShardResult::decode(m.payload) else {
                 tracing::warn!("undecodable shard verdict");

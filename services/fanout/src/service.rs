@@ -6,7 +6,6 @@ use crate::convert::redact;
 use crate::convert::{event_from_proto, reject_label, reject_reason, state_to_proto};
 use crate::shard::{self, Clock, ShardHandle, UserKey};
 use crate::watch::{Hub, StreamSlots, StreamSpec, run_stream};
-use futures_util::StreamExt;
 use presence_auth::{Principal, rights};
 use presence_bus::{BusSubscription, SharedBus, subjects};
 use presence_core::presence::{EventKind, Limits};
@@ -566,12 +565,8 @@ impl Fanout {
     /// names the user; a payload naming another user is rejected.
     pub async fn run_ingest(self, mut sub: BusSubscription, shutdown: CancellationToken) {
         loop {
-            let m = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                m = sub.next() => match m {
-                    Some(m) => m,
-                    None => return,
-                },
+            let Some(m) = presence_bus::next_or_shutdown(&mut sub, &shutdown).await else {
+                return;
             };
             let mut e = match v1::DeviceEvent::decode(m.payload) {
                 Ok(e) => e,

@@ -7,7 +7,6 @@
 //! answered with a `ResolveReply`).
 
 use crate::service::{Question, evaluate};
-use futures_util::StreamExt;
 use presence_bus::{BusMessage, SharedBus, subjects};
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
 use presence_directory::Store;
@@ -144,12 +143,8 @@ pub async fn serve_checks(
     shutdown: CancellationToken,
 ) {
     loop {
-        let m = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            m = sub.next() => match m {
-                Some(m) => m,
-                None => return,
-            },
+        let Some(m) = presence_bus::next_or_shutdown(&mut sub, &shutdown).await else {
+            return;
         };
         let Some(reply_to) = m.reply.clone() else {
             tracing::debug!(subject = %m.subject, "policy check without reply subject ignored");
