@@ -157,3 +157,68 @@ impl Drop for NatsServer {
         let _ = self.child.wait();
     }
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, so a failing
+/// test never leaves servers behind.
+pub struct ChildGuard(pub Child);
+
+impl ChildGuard {
+    /// Sends SIGTERM and waits up to `limit` for the process to exit;
+    /// returns its exit status, or `None` if it is still running then
+    /// (the guard kills it on drop).
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(st)) = self.0.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Spawns a server with `--ready-file ready` (stdout and stderr
+/// discarded) and waits until it has written its listening address there,
+/// its readiness signal. Returns the guard and `http://<address>`. Panics
+/// naming `what` if the process exits first or is not ready in 30 s.
+pub fn spawn_ready(mut cmd: Command, ready: &Path, what: &str) -> (ChildGuard, String) {
+    let _ = std::fs::remove_file(ready);
+    let child = match cmd
+        .arg("--ready-file")
+        .arg(ready)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => panic!("cannot start {what}: {e}"),
+    };
+    let mut child = ChildGuard(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(addr) = std::fs::read_to_string(ready)
+            && !addr.is_empty()
+        {
+            return (child, format!("http://{addr}"));
+        }
+        assert!(
+            matches!(child.0.try_wait(), Ok(None)),
+            "{what} exited before it was ready"
+        );
+        assert!(Instant::now() < deadline, "{what} did not become ready");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

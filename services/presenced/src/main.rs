@@ -107,7 +107,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(cfg)) {
+    let result = rt.block_on(run(cfg));
+    // Blocking tasks still running (a store call stuck on I/O) must not
+    // keep a stopping process alive.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("presenced: {e:#}");

@@ -342,8 +342,12 @@ impl Server {
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!("background tasks did not stop within the grace period");
         }
-        if let Err(e) = self.bus.flush().await {
-            tracing::warn!(error = %e, "bus flush at shutdown failed");
+        // Bounded: with the NATS server gone the flush would wait for a
+        // reconnection forever and the process would never exit.
+        match tokio::time::timeout(grace, self.bus.flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "bus flush at shutdown failed"),
+            Err(_) => tracing::warn!("bus flush at shutdown timed out (NATS unreachable?)"),
         }
         tracing::info!("stopped");
         Ok(())

@@ -12,65 +12,35 @@
 use async_nats::jetstream;
 use presence_client::{PresenceClient, connect};
 use presence_proto::v1::{self, device_event::Kind as K, watch_event::Event as E};
-use presence_testkit::NatsServer;
+use presence_testkit::{ChildGuard as Proc, NatsServer, spawn_ready};
 use prost::Message;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use tonic::Streaming;
 
 const SHARDS: usize = 32;
 const USERS: usize = 24;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Starts a node and waits for its ready file.
 fn node(dir: &Path, id: &str, roles: &str, nats: &str, key: Option<&Path>) -> (Proc, String) {
-    let data = dir.join(id);
-    let ready = dir.join(format!("{id}.ready"));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
     cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
         .arg("--data-dir")
-        .arg(&data)
+        .arg(dir.join(id))
         .args(["--nats-url", nats, "--roles", roles])
-        .arg("--ready-file")
-        .arg(&ready)
         .env("PRESENCE_NODE_ID", id)
         .env("PRESENCE_SHARDS", SHARDS.to_string())
         .env("PRESENCE_LEASE_TTL_MS", "1500")
         .env("PRESENCE_SNAPSHOT_INTERVAL_MS", "100")
-        .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1");
     if let Some(k) = key {
         cmd.env("PRESENCE_AUTH_KEY_FILE", k);
     }
-    let mut child = Proc(cmd.spawn().unwrap());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(addr) = std::fs::read_to_string(&ready)
-            && !addr.is_empty()
-        {
-            return (child, format!("http://{addr}"));
-        }
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "node {id} exited before it was ready"
-        );
-        assert!(Instant::now() < deadline, "node {id} did not become ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    spawn_ready(cmd, &dir.join(format!("{id}.ready")), &format!("node {id}"))
 }
 
-/// Owner of each shard per the lease bucket (None: free).
 async fn owners(js: &jetstream::Context) -> Vec<Option<String>> {
     let Ok(kv) = js.get_key_value("presence_shard_leases").await else {
         return vec![None; SHARDS];
@@ -449,4 +419,22 @@ async fn test_shipped_nats_config_serves_a_clustered_node() {
             break;
         }
     }
+}
+
+/// A clustered node whose NATS server has gone away still stops on
+/// SIGTERM (it used to wait for a reconnection forever in its final bus
+/// flush), and cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_sigterm_stops_a_node_whose_nats_server_is_gone() {
+    let nats = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut a, url_a) = node(tmp.path(), "a", "directory,policy,fanout", nats.url(), None);
+    let mut admin = admin_client(&url_a, tmp.path()).await;
+    setup(&mut admin, &[user(0)]).await;
+    drop(nats);
+    let status = tokio::task::spawn_blocking(move || a.terminate(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .expect("presenced did not exit within 60 s of SIGTERM with NATS gone");
+    assert!(status.success(), "exit status {status}");
 }

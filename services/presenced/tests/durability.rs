@@ -6,18 +6,10 @@
 
 use presence_client::connect;
 use presence_proto::v1;
+use presence_testkit::ChildGuard as Proc;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::Command;
+use std::time::Duration;
 
 /// Starts presenced on a random port and waits for its ready file.
 fn start(dir: &Path) -> (Proc, String) {
@@ -35,32 +27,8 @@ fn start_with(dir: &Path, extra: &[&str]) -> (Proc, String) {
     spawn_ready(cmd, &dir.join("ready"))
 }
 
-/// Spawns `cmd` with `--ready-file ready` and waits until the server has
-/// written its address there (its readiness signal).
-fn spawn_ready(mut cmd: Command, ready: &Path) -> (Proc, String) {
-    let _ = std::fs::remove_file(ready);
-    let mut child = Proc(
-        cmd.arg("--ready-file")
-            .arg(ready)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(addr) = std::fs::read_to_string(ready)
-            && !addr.is_empty()
-        {
-            return (child, format!("http://{addr}"));
-        }
-        assert!(
-            child.0.try_wait().unwrap().is_none(),
-            "presenced exited before it was ready"
-        );
-        assert!(Instant::now() < deadline, "presenced did not become ready");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn spawn_ready(cmd: Command, ready: &Path) -> (Proc, String) {
+    presence_testkit::spawn_ready(cmd, ready, "presenced")
 }
 
 fn token(dir: &Path) -> String {
@@ -268,20 +236,13 @@ async fn test_sigterm_shuts_down_cleanly() {
         })
         .await
         .unwrap();
-    let pid = proc.0.id().to_string();
-    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(st.success());
-    let status = tokio::time::timeout(
-        Duration::from_secs(20),
-        tokio::task::spawn_blocking(move || {
-            let mut proc = proc;
-            proc.0.wait()
-        }),
-    )
+    let status = tokio::task::spawn_blocking(move || {
+        let mut proc = proc;
+        proc.terminate(Duration::from_secs(20))
+    })
     .await
-    .expect("presenced did not exit within 20s of SIGTERM")
     .unwrap()
-    .unwrap();
+    .expect("presenced did not exit within 20s of SIGTERM");
     assert!(status.success(), "exit status {status}");
     let (_p, url) = start(tmp.path());
     let mut c = connect(&url, Some(&token(tmp.path()))).await.unwrap();
