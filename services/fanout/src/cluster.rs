@@ -40,6 +40,7 @@ use crate::convert::{reject_reason, state_to_proto};
 use crate::service::{applied, check_event, ingest_target, rejected};
 use crate::shard::{RateLimit, Shard, SnapUser, UserKey, shard_index, sleep_until_opt};
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::{StreamExt, TryStreamExt};
 use presence_bus::{SharedBus, subjects};
 use presence_core::presence::Limits;
@@ -835,15 +836,32 @@ impl Cluster {
         let mut dirty = false;
         let mut tick = tokio::time::interval(self.cfg.snapshot_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The snapshot being written, if any: the shard keeps applying
+        // events while JetStream acknowledges it (an inline write stalled
+        // every event of the shard for the round trip). At most one is in
+        // flight, so each write names the revision of the one before.
+        let mut writing: Option<BoxFuture<'static, ApiResult<u64>>> = None;
         loop {
             let next = shard.next_deadline();
             tokio::select! {
                 _ = cancel.cancelled() => {
+                    if let Some(w) = writing.take() {
+                        snap_rev = w.await?;
+                    }
                     if graceful.load(Ordering::SeqCst) {
                         let upto = self.watermark(covered, &inbox);
                         self.snapshot(&shard, &key, upto, term, snap_rev).await?;
                     }
                     return Ok(());
+                }
+                r = async {
+                    match writing.as_mut() {
+                        Some(w) => w.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    writing = None;
+                    snap_rev = r?;
                 }
                 m = inbox.recv() => match m {
                     Some(m) => {
@@ -860,9 +878,16 @@ impl Cluster {
                     Some(g) => self.answer_read(&shard, g).await,
                     None => return Err(ApiError::Unavailable("shard reads ended".into())),
                 },
-                _ = tick.tick(), if dirty => {
+                _ = tick.tick(), if dirty && writing.is_none() => {
                     let upto = self.watermark(covered, &inbox);
-                    snap_rev = self.snapshot(&shard, &key, upto, term, snap_rev).await?;
+                    if let Some(bytes) = encode_snapshot(&shard, &key, upto, term)? {
+                        writing = Some(Box::pin(write_snapshot(
+                            self.states.clone(),
+                            key.clone(),
+                            bytes,
+                            snap_rev,
+                        )));
+                    }
                     dirty = false;
                 }
                 _ = sleep_until_opt(next) => {
@@ -908,6 +933,12 @@ impl Cluster {
         if reply.is_none() {
             // Events published on NATS directly enter here.
             metrics::counter!("presence_fanout_events_in_total").increment(1);
+        }
+        if !replay {
+            // How long the event waited between its append to the log and
+            // its owner applying it.
+            let lag_ms = shard.clock.now_ms().saturating_sub(now).max(0);
+            metrics::histogram!("presence_fanout_ingest_lag_seconds").record(lag_ms as f64 / 1e3);
         }
         if replay {
             // Expire what was due before this event, as the previous
@@ -985,36 +1016,49 @@ impl Cluster {
         term: u64,
         rev: u64,
     ) -> ApiResult<u64> {
-        let snap = Snapshot {
-            seq,
-            term,
-            users: shard.export(),
-        };
-        let bytes = serde_json::to_vec(&snap)
-            .map_err(|e| ApiError::Internal(format!("encode snapshot: {e}")))?;
-        if bytes.len() > MAX_SNAPSHOT {
-            metrics::counter!("presence_fanout_snapshot_too_large_total").increment(1);
-            tracing::error!(
-                key,
-                bytes = bytes.len(),
-                "shard snapshot too large; use more shards (the input log still covers it)"
-            );
-            return Ok(rev);
+        match encode_snapshot(shard, key, seq, term)? {
+            Some(bytes) => write_snapshot(self.states.clone(), key.to_owned(), bytes, rev).await,
+            None => Ok(rev),
         }
-        let r = if rev == 0 {
-            self.states
-                .create(key, bytes.into())
-                .await
-                .map_err(|e| e.to_string())
-        } else {
-            self.states
-                .update(key, bytes.into(), rev)
-                .await
-                .map_err(|e| e.to_string())
-        };
-        metrics::counter!("presence_fanout_snapshots_total").increment(1);
-        r.map_err(|e| ApiError::Unavailable(format!("snapshot of {key} not written: {e}")))
     }
+}
+
+/// Encodes a shard's snapshot; `None` (counted and logged) when it is
+/// larger than NATS accepts, in which case the input log still covers it.
+fn encode_snapshot(shard: &Shard, key: &str, seq: u64, term: u64) -> ApiResult<Option<Bytes>> {
+    let snap = Snapshot {
+        seq,
+        term,
+        users: shard.export(),
+    };
+    let bytes = serde_json::to_vec(&snap)
+        .map_err(|e| ApiError::Internal(format!("encode snapshot: {e}")))?;
+    if bytes.len() > MAX_SNAPSHOT {
+        metrics::counter!("presence_fanout_snapshot_too_large_total").increment(1);
+        tracing::error!(
+            key,
+            bytes = bytes.len(),
+            "shard snapshot too large; use more shards (the input log still covers it)"
+        );
+        return Ok(None);
+    }
+    Ok(Some(bytes.into()))
+}
+
+/// Writes an encoded snapshot at revision `rev` (0: the key must not
+/// exist); returns the new revision. Owns its arguments so that a shard
+/// can keep applying events while the write is acknowledged.
+async fn write_snapshot(states: kv::Store, key: String, bytes: Bytes, rev: u64) -> ApiResult<u64> {
+    let r = if rev == 0 {
+        states.create(&key, bytes).await.map_err(|e| e.to_string())
+    } else {
+        states
+            .update(&key, bytes, rev)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    metrics::counter!("presence_fanout_snapshots_total").increment(1);
+    r.map_err(|e| ApiError::Unavailable(format!("snapshot of {key} not written: {e}")))
 }
 
 #[cfg(test)]

@@ -498,6 +498,10 @@ pub async fn run_stream(
                     }
                     last_sent.insert(s.user.clone(), s.version);
                     metrics::counter!("presence_fanout_delivered_total").increment(1);
+                    // From the state's change at its owner to its hand-off
+                    // to this stream's transport.
+                    let lag_ms = presence_auth::token::now_ms().saturating_sub(s.updated_at_ms).max(0);
+                    metrics::histogram!("presence_fanout_delivery_lag_seconds").record(lag_ms as f64 / 1e3);
                     if !send(E::State(redact(s, caller_id))).await {
                         return;
                     }
