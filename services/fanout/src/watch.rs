@@ -45,12 +45,19 @@ impl Mailbox {
             Ok(g) => g,
             Err(e) => e.into_inner(),
         };
-        let coalesced = match p.get(&s.user) {
+        // Replaced in place when a state of the target is pending: no key
+        // is allocated on the hot path.
+        let coalesced = match p.get_mut(&s.user) {
             Some(old) if old.version >= s.version => return false,
-            Some(_) => true,
-            None => false,
+            Some(old) => {
+                *old = s;
+                true
+            }
+            None => {
+                p.insert(s.user.clone(), s);
+                false
+            }
         };
-        p.insert(s.user.clone(), s);
         drop(p);
         self.notify.notify_one();
         coalesced
@@ -209,6 +216,7 @@ impl Hub {
                 .await?;
             ready_tx.send_replace(true);
             let hub = self.clone();
+            let key: Key = (d, u);
             self.inner.tracker.spawn(async move {
                 // Keeps the readiness sender alive with the subscription.
                 let _ready = ready_tx;
@@ -218,7 +226,8 @@ impl Hub {
                         m = sub.next() => match m {
                             None => return,
                             Some(m) => match v1::PresenceState::decode(m.payload) {
-                                Ok(s) => hub.dispatch(s),
+                                Ok(s) if s.domain == key.0 && s.user == key.1 => hub.deliver(&key, s),
+                                Ok(s) => tracing::warn!(domain = %s.domain, user = %s.user, "state on another user's subject dropped"),
                                 Err(e) => tracing::warn!(error = %e, "undecodable presence state"),
                             },
                         },
@@ -244,17 +253,31 @@ impl Hub {
 
     /// Delivers a state to every local mailbox watching its user.
     pub fn dispatch(&self, s: v1::PresenceState) {
+        let key = (s.domain.clone(), s.user.clone());
+        self.deliver(&key, s);
+    }
+
+    /// Delivers `s`, the state of `key`'s user, to every local mailbox
+    /// watching it (the subscription task knows its key: no allocation).
+    fn deliver(&self, key: &Key, s: v1::PresenceState) {
         let map = match self.inner.interest.read() {
             Ok(g) => g,
             Err(e) => e.into_inner(),
         };
-        let Some(topic) = map.get(&(s.domain.clone(), s.user.clone())) else {
+        let Some(topic) = map.get(key) else {
             return;
         };
-        for (_, mb) in &topic.watchers {
-            if mb.put(s.clone()) {
-                metrics::counter!("presence_fanout_coalesced_total").increment(1);
+        let mut coalesced = 0;
+        if let Some(((_, last), rest)) = topic.watchers.split_last() {
+            for (_, mb) in rest {
+                coalesced += u64::from(mb.put(s.clone()));
             }
+            // The last watcher takes the state itself: one clone less.
+            coalesced += u64::from(last.put(s));
+        }
+        drop(map);
+        if coalesced > 0 {
+            metrics::counter!("presence_fanout_coalesced_total").increment(coalesced);
         }
     }
 
@@ -483,6 +506,9 @@ pub async fn run_stream(
     if !send(E::SnapshotDone(v1::SnapshotDone {})).await {
         return;
     }
+    // Metric handles looked up once, not per delivery.
+    let delivered = metrics::counter!("presence_fanout_delivered_total");
+    let delivery_lag = metrics::histogram!("presence_fanout_delivery_lag_seconds");
     let mut heartbeat = tokio::time::interval(spec.heartbeat);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.tick().await;
@@ -496,12 +522,17 @@ pub async fn run_stream(
                     if last_sent.get(&s.user).is_some_and(|v| *v >= s.version) {
                         continue;
                     }
-                    last_sent.insert(s.user.clone(), s.version);
-                    metrics::counter!("presence_fanout_delivered_total").increment(1);
+                    match last_sent.get_mut(&s.user) {
+                        Some(v) => *v = s.version,
+                        None => {
+                            last_sent.insert(s.user.clone(), s.version);
+                        }
+                    }
+                    delivered.increment(1);
                     // From the state's change at its owner to its hand-off
                     // to this stream's transport.
                     let lag_ms = presence_auth::token::now_ms().saturating_sub(s.updated_at_ms).max(0);
-                    metrics::histogram!("presence_fanout_delivery_lag_seconds").record(lag_ms as f64 / 1e3);
+                    delivery_lag.record(lag_ms as f64 / 1e3);
                     if !send(E::State(redact(s, caller_id))).await {
                         return;
                     }
