@@ -127,21 +127,26 @@ fn state_machine(c: &mut Criterion) {
     g.finish();
 }
 
+/// Successive versions of `s`, one per call: the setup of a batch.
+fn next_version(s: &v1::PresenceState) -> impl FnMut() -> v1::PresenceState + '_ {
+    let mut v = 0u64;
+    move || {
+        v += 1;
+        v1::PresenceState {
+            version: v,
+            ..s.clone()
+        }
+    }
+}
+
 fn mailbox(c: &mut Criterion) {
     let mut g = c.benchmark_group("mailbox");
     g.throughput(Throughput::Elements(1));
     let s = full_state(1);
     g.bench_function("baseline_mutex_hashmap_insert", |b| {
         let m: Mutex<HashMap<String, v1::PresenceState>> = Mutex::new(HashMap::new());
-        let mut v = 0u64;
         b.iter_batched(
-            || {
-                v += 1;
-                v1::PresenceState {
-                    version: v,
-                    ..s.clone()
-                }
-            },
+            next_version(&s),
             |st| {
                 let mut g = m.lock().unwrap();
                 g.insert(st.user.clone(), st);
@@ -151,15 +156,8 @@ fn mailbox(c: &mut Criterion) {
     });
     g.bench_function("put_coalescing_one_target", |b| {
         let mb = Mailbox::default();
-        let mut v = 0u64;
         b.iter_batched(
-            || {
-                v += 1;
-                v1::PresenceState {
-                    version: v,
-                    ..s.clone()
-                }
-            },
+            next_version(&s),
             |st| black_box(mb.put(st)),
             BatchSize::SmallInput,
         )

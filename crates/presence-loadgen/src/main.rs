@@ -215,6 +215,16 @@ struct Meter {
 }
 
 impl Meter {
+    /// A meter counting nothing yet (its phase starts publishing later).
+    fn new(base: Instant) -> Arc<Self> {
+        Arc::new(Self {
+            base,
+            since_ns: AtomicU64::new(u64::MAX),
+            delivered: AtomicU64::new(0),
+            last_ns: AtomicU64::new(0),
+        })
+    }
+
     /// Records one delivery of a message `lg:<ns>`; returns the latency.
     fn record(&self, message: &str, h: &mut Histogram<u64>) {
         let Some(t) = message
@@ -367,6 +377,22 @@ async fn setup(admin: &mut PresenceClient, a: &Args, domain: &str) -> anyhow::Re
     Ok(())
 }
 
+/// The connections streams share in gateway style (none for phones,
+/// which connect one by one).
+async fn shared_connections<C, E, F>(a: &Args, connect: impl Fn() -> F) -> anyhow::Result<Vec<C>>
+where
+    F: std::future::Future<Output = Result<C, E>>,
+    E: Into<anyhow::Error>,
+{
+    let mut v = Vec::new();
+    if matches!(a.style, Style::Gateway) {
+        for _ in 0..a.connections.max(1) {
+            v.push(connect().await.map_err(Into::into)?);
+        }
+    }
+    Ok(v)
+}
+
 /// Publishes `lg:` events for the phase's duration; returns (published,
 /// expected deliveries, seconds spent).
 async fn publish(
@@ -479,22 +505,8 @@ async fn baseline(
 ) -> anyhow::Result<Phase> {
     eprintln!("baseline: {} raw NATS subscribers", a.streams);
     let subject = |u: &str| format!("loadgen.base.{domain}.{u}");
-    let shared: Vec<async_nats::Client> = match a.style {
-        Style::Gateway => {
-            let mut v = Vec::new();
-            for _ in 0..a.connections.max(1) {
-                v.push(async_nats::connect(&a.nats).await?);
-            }
-            v
-        }
-        Style::Phone => Vec::new(),
-    };
-    let meter = Arc::new(Meter {
-        base,
-        since_ns: AtomicU64::new(u64::MAX),
-        delivered: AtomicU64::new(0),
-        last_ns: AtomicU64::new(0),
-    });
+    let shared = shared_connections(a, || async_nats::connect(&a.nats)).await?;
+    let meter = Meter::new(base);
     let stop = Arc::new(tokio::sync::Notify::new());
     let mut tasks = Vec::new();
     let mut owned = Vec::new();
@@ -583,22 +595,9 @@ async fn broker(
         "broker: opening {} watch streams ({:?} style)",
         a.streams, a.style
     );
-    let shared: Vec<PresenceClient> = match a.style {
-        Style::Gateway => {
-            let mut v = Vec::new();
-            for _ in 0..a.connections.max(1) {
-                v.push(presence_client::connect(&a.grpc, Some(&gateway)).await?);
-            }
-            v
-        }
-        Style::Phone => Vec::new(),
-    };
-    let meter = Arc::new(Meter {
-        base,
-        since_ns: AtomicU64::new(u64::MAX),
-        delivered: AtomicU64::new(0),
-        last_ns: AtomicU64::new(0),
-    });
+    let shared =
+        shared_connections(a, || presence_client::connect(&a.grpc, Some(&gateway))).await?;
+    let meter = Meter::new(base);
     let stop = Arc::new(tokio::sync::Notify::new());
     let (ready_tx, mut ready_rx) =
         tokio::sync::mpsc::channel::<anyhow::Result<()>>(a.streams.max(1));
