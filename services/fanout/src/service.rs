@@ -526,7 +526,7 @@ impl Fanout {
         let spec = StreamSpec {
             domain: d.clone(),
             watcher: watcher.clone(),
-            targets,
+            targets: targets.into(),
             known,
             heartbeat,
         };

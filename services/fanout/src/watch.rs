@@ -124,7 +124,10 @@ pub struct HubFeed {
 pub struct Registration {
     hub: Hub,
     id: u64,
-    keys: Vec<Key>,
+    // The stream's own target list, shared rather than copied into
+    // (domain, target) keys: per-stream memory.
+    domain: String,
+    targets: Arc<[String]>,
 }
 
 impl Drop for Registration {
@@ -133,12 +136,13 @@ impl Drop for Registration {
             Ok(g) => g,
             Err(e) => e.into_inner(),
         };
-        for k in &self.keys {
-            if let Some(t) = map.get_mut(k) {
+        for target in self.targets.iter() {
+            let k: Key = (self.domain.clone(), target.clone());
+            if let Some(t) = map.get_mut(&k) {
                 t.watchers.retain(|(id, _)| *id != self.id);
                 if t.watchers.is_empty() {
                     t.cancel.cancel();
-                    map.remove(k);
+                    map.remove(&k);
                 }
             }
         }
@@ -167,14 +171,10 @@ impl Hub {
     pub async fn register(
         &self,
         domain: &str,
-        targets: &[String],
+        targets: Arc<[String]>,
         mailbox: Arc<Mailbox>,
     ) -> ApiResult<Registration> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let keys: Vec<Key> = targets
-            .iter()
-            .map(|t| (domain.to_owned(), t.clone()))
-            .collect();
         let mut waits = Vec::new();
         let mut fresh = Vec::new();
         {
@@ -182,8 +182,9 @@ impl Hub {
                 Ok(g) => g,
                 Err(e) => e.into_inner(),
             };
-            for k in &keys {
-                match map.entry(k.clone()) {
+            for t in targets.iter() {
+                let k: Key = (domain.to_owned(), t.clone());
+                match map.entry(k) {
                     std::collections::hash_map::Entry::Occupied(mut e) => {
                         e.get_mut().watchers.push((id, mailbox.clone()));
                         waits.push(e.get().ready.clone());
@@ -191,12 +192,12 @@ impl Hub {
                     std::collections::hash_map::Entry::Vacant(e) => {
                         let (ready_tx, ready) = tokio::sync::watch::channel(false);
                         let cancel = self.inner.shutdown.child_token();
+                        fresh.push((e.key().clone(), ready_tx, cancel.clone()));
                         e.insert(Topic {
                             watchers: vec![(id, mailbox.clone())],
-                            cancel: cancel.clone(),
+                            cancel,
                             ready: ready.clone(),
                         });
-                        fresh.push((k.clone(), ready_tx, cancel));
                         waits.push(ready);
                     }
                 }
@@ -206,7 +207,8 @@ impl Hub {
         let reg = Registration {
             hub: self.clone(),
             id,
-            keys,
+            domain: domain.to_owned(),
+            targets,
         };
         for ((d, u), ready_tx, cancel) in fresh {
             let mut sub = self
@@ -405,7 +407,7 @@ pub struct StreamSpec {
     /// The watcher.
     pub watcher: UserId,
     /// Resolved targets, in the order they were asked.
-    pub targets: Vec<String>,
+    pub targets: Arc<[String]>,
     /// Versions the client already has.
     pub known: HashMap<String, u64>,
     /// Heartbeat interval.
@@ -425,7 +427,7 @@ pub async fn run_stream(
     fanout: Fanout,
     acl: AclView,
     hub: Hub,
-    spec: StreamSpec,
+    mut spec: StreamSpec,
     tx: mpsc::Sender<WatchItem>,
     shutdown: CancellationToken,
     _slot: Slot,
@@ -441,7 +443,7 @@ pub async fn run_stream(
     let mailbox = Arc::new(Mailbox::default());
     // Register before the snapshot so no change falls between the two.
     let _reg = match hub
-        .register(spec.domain.as_str(), &spec.targets, mailbox.clone())
+        .register(spec.domain.as_str(), spec.targets.clone(), mailbox.clone())
         .await
     {
         Ok(r) => r,
@@ -455,7 +457,8 @@ pub async fn run_stream(
     // The domain's policy epoch read before the current decisions were
     // made (decisions reflect at least that epoch).
     let mut seen_epoch: Option<u64> = acl.epoch(&spec.domain);
-    let mut last_sent: HashMap<String, u64> = spec.known.clone();
+    // Taken, not copied: the stream lives long and keeps only this.
+    let mut last_sent: HashMap<String, u64> = std::mem::take(&mut spec.known);
     // caller id visibility per allowed target; absent = denied.
     let mut allowed: HashMap<String, bool> = HashMap::new();
     let decisions = match acl
@@ -666,11 +669,11 @@ mod tests {
         let m1 = Arc::new(Mailbox::default());
         let m2 = Arc::new(Mailbox::default());
         let r1 = hub
-            .register("acme", &["a".into(), "b".into()], m1.clone())
+            .register("acme", vec!["a".into(), "b".into()].into(), m1.clone())
             .await
             .unwrap();
         let r2 = hub
-            .register("acme", &["b".into()], m2.clone())
+            .register("acme", vec!["b".into()].into(), m2.clone())
             .await
             .unwrap();
         assert_eq!(hub.subscribed_targets(), 2, "one subscription per target");
