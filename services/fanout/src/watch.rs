@@ -253,12 +253,6 @@ impl Hub {
         }
     }
 
-    /// Delivers a state to every local mailbox watching its user.
-    pub fn dispatch(&self, s: v1::PresenceState) {
-        let key = (s.domain.clone(), s.user.clone());
-        self.deliver(&key, s);
-    }
-
     /// Delivers `s`, the state of `key`'s user, to every local mailbox
     /// watching it (the subscription task knows its key: no allocation).
     fn deliver(&self, key: &Key, s: v1::PresenceState) {
