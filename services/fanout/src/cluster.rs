@@ -934,16 +934,15 @@ impl Cluster {
             // Events published on NATS directly enter here.
             metrics::counter!("presence_fanout_events_in_total").increment(1);
         }
-        if !replay {
-            // How long the event waited between its append to the log and
-            // its owner applying it.
-            let lag_ms = shard.clock.now_ms().saturating_sub(now).max(0);
-            metrics::histogram!("presence_fanout_ingest_lag_seconds").record(lag_ms as f64 / 1e3);
-        }
         if replay {
             // Expire what was due before this event, as the previous
             // owner did.
             shard.expire_until(now).await;
+        } else {
+            // How long the event waited between its append to the log and
+            // its owner applying it.
+            let lag_ms = shard.clock.now_ms().saturating_sub(now).max(0);
+            metrics::histogram!("presence_fanout_ingest_lag_seconds").record(lag_ms as f64 / 1e3);
         }
         let result = match v1::DeviceEvent::decode(m.payload.clone()) {
             Err(e) => rejected(RejectReason::Malformed, format!("undecodable payload: {e}")),

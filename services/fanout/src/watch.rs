@@ -11,7 +11,6 @@
 
 use crate::convert::redact;
 use crate::service::Fanout;
-use futures_util::StreamExt;
 use presence_bus::{SharedBus, subjects};
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
 use presence_policy::{AclView, Question};
@@ -222,17 +221,15 @@ impl Hub {
             self.inner.tracker.spawn(async move {
                 // Keeps the readiness sender alive with the subscription.
                 let _ready = ready_tx;
-                loop {
-                    tokio::select! {
-                        _ = cancel.cancelled() => return,
-                        m = sub.next() => match m {
-                            None => return,
-                            Some(m) => match v1::PresenceState::decode(m.payload) {
-                                Ok(s) if s.domain == key.0 && s.user == key.1 => hub.deliver(&key, s),
-                                Ok(s) => tracing::warn!(domain = %s.domain, user = %s.user, "state on another user's subject dropped"),
-                                Err(e) => tracing::warn!(error = %e, "undecodable presence state"),
-                            },
-                        },
+                while let Some(m) = presence_bus::next_or_shutdown(&mut sub, &cancel).await {
+                    match v1::PresenceState::decode(m.payload) {
+                        Ok(s) if s.domain == key.0 && s.user == key.1 => hub.deliver(&key, s),
+                        Ok(s) => tracing::warn!(
+                            domain = %s.domain,
+                            user = %s.user,
+                            "state on another user's subject dropped"
+                        ),
+                        Err(e) => tracing::warn!(error = %e, "undecodable presence state"),
                     }
                 }
             });

@@ -127,7 +127,7 @@ impl CachedDecision {
     }
 }
 
-/// CachedDecision access decisions kept correct by ACL events.
+/// Cached access decisions kept correct by ACL events.
 #[derive(Clone)]
 pub struct AclView {
     inner: Arc<Inner>,
@@ -391,7 +391,7 @@ impl AclView {
         Ok(list)
     }
 
-    /// Returns whether `user` exists in `d`. CachedDecision like any decision (a
+    /// Returns whether `user` exists in `d`. Cached like any decision (a
     /// user sees itself exactly while it exists; deleting it moves the
     /// domain's epoch).
     pub async fn user_exists(&self, d: &DomainId, user: &UserId) -> ApiResult<bool> {
