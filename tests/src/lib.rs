@@ -45,12 +45,26 @@ impl Sandbox {
         s
     }
 
+    /// Starts an embedded server whose configuration `tune` adjusts
+    /// (limits, timeouts) after the sandbox's own settings.
+    pub async fn start_tuned(tune: impl FnOnce(&mut Config)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_in_with(&dir, "", tune).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     async fn start_in(dir: &Path, nats_url: &str) -> Self {
+        Self::start_in_with(dir, nats_url, |_| {}).await
+    }
+
+    async fn start_in_with(dir: &Path, nats_url: &str, tune: impl FnOnce(&mut Config)) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let cfg = Config {
+        let mut cfg = Config {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.to_path_buf(),
             nats_url: nats_url.to_owned(),
@@ -58,6 +72,7 @@ impl Sandbox {
             shutdown_grace_secs: 2,
             ..Config::default()
         };
+        tune(&mut cfg);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = Server::build(cfg).await.unwrap();

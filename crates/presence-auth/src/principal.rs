@@ -167,6 +167,23 @@ impl Principal {
         }
     }
 
+    /// Returns the key a per-principal limit in domain `d` counts under:
+    /// the domain first, then who the principal is (for services, the
+    /// name and every domain it holds). Two tenants' services of the same
+    /// name never share a counter, so one cannot exhaust or measure the
+    /// other's.
+    pub fn limit_key(&self, d: &DomainId) -> String {
+        match self {
+            Principal::User { domain, user, .. } => format!("{d}|user {domain}/{user}"),
+            Principal::Phone { domain, mac, .. } => format!("{d}|phone {domain}/{mac}"),
+            Principal::Service { name, domains, .. } => {
+                let mut ds = domains.to_strings();
+                ds.sort();
+                format!("{d}|service {name} [{}]", ds.join(","))
+            }
+        }
+    }
+
     /// Returns the proto form of the principal.
     pub fn to_proto(&self) -> v1::Principal {
         let kind = match self {
@@ -240,6 +257,26 @@ mod tests {
             p.require_domain(&d("other")),
             Err(ApiError::NotFound(m)) if m == "domain other not found"
         ));
+    }
+
+    #[test]
+    fn test_limit_keys_separate_tenants() {
+        let svc = |ds: &[&str]| Principal::Service {
+            name: "globex-phone-gw".into(),
+            domains: DomainSet::Some(ds.iter().map(|x| d(x)).collect()),
+            rights: vec![rights::PRESENCE_WATCH.into()],
+        };
+        let acme = svc(&["acme"]).limit_key(&d("acme"));
+        let globex = svc(&["globex"]).limit_key(&d("globex"));
+        assert_ne!(acme, globex);
+        assert_ne!(
+            svc(&["acme", "globex"]).limit_key(&d("acme")),
+            svc(&["acme", "globex"]).limit_key(&d("globex"))
+        );
+        assert_eq!(
+            svc(&["globex", "acme"]).limit_key(&d("acme")),
+            svc(&["acme", "globex"]).limit_key(&d("acme"))
+        );
     }
 
     #[test]

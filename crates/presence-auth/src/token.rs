@@ -23,7 +23,8 @@ pub const KEY_LEN: usize = 32;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Subject {
-    /// A user session; valid while the user's session epoch is unchanged.
+    /// A user session; valid while the same incarnation of the user
+    /// exists with an unchanged session epoch.
     User {
         /// Domain id.
         domain: String,
@@ -31,8 +32,13 @@ pub enum Subject {
         user: String,
         /// The user's session epoch when the token was issued.
         epoch: u64,
+        /// The user's incarnation when the token was issued: a user
+        /// deleted and created again under the same id has another one.
+        #[serde(default)]
+        inc: u64,
     },
-    /// A phone; valid while the phone exists and belongs to the user.
+    /// A phone; valid while the same incarnation of the phone exists and
+    /// belongs to the user.
     Phone {
         /// Domain id.
         domain: String,
@@ -40,6 +46,10 @@ pub enum Subject {
         user: String,
         /// Canonical MAC.
         mac: String,
+        /// The phone's incarnation when the token was issued (a new one
+        /// when the phone is added again or given to another owner).
+        #[serde(default)]
+        inc: u64,
     },
     /// A service with named rights in some domains.
     Service {
@@ -49,6 +59,12 @@ pub enum Subject {
         domains: Vec<String>,
         /// Right names.
         rights: Vec<String>,
+        /// The incarnation of each of `domains` (same order) when the
+        /// token was issued: the token's rights in a domain end when that
+        /// domain is deleted, and do not pass to a domain created again
+        /// under the same id. Empty for `*`.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        incs: Vec<u64>,
     },
 }
 
@@ -162,6 +178,7 @@ mod tests {
             domain: "acme".into(),
             user: "1001".into(),
             epoch: 3,
+            inc: 7,
         }
     }
 

@@ -210,6 +210,20 @@ impl Email {
     }
 }
 
+/// Checks a list call's page token: empty (first page) or what `parse`
+/// accepts (the id the previous page ended with). Anything else is
+/// `InvalidArgument("invalid page_token")`, never used as a raw cursor.
+pub fn check_page_token<T>(
+    token: &str,
+    parse: impl FnOnce(&str) -> crate::ApiResult<T>,
+) -> crate::ApiResult<()> {
+    if token.is_empty() || parse(token).is_ok() {
+        Ok(())
+    } else {
+        Err(crate::ApiError::invalid("invalid page_token"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,5 +16,5 @@ pub mod scope;
 pub mod text;
 
 pub use error::{ApiError, ApiResult};
-pub use ids::{DomainId, Email, Mac, SiteId, UserId};
+pub use ids::{DomainId, Email, Mac, SiteId, UserId, check_page_token};
 pub use scope::{Capability, Scope, UserKind};

@@ -17,6 +17,7 @@
 //!   news for `call_silence_ms`;
 //! - the version never decreases and changes only with the aggregate.
 
+use crate::text::has_unsafe_chars;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// The state of one call, as reported by a device.
@@ -341,7 +342,11 @@ impl UserPresence {
     /// changed (and so the version moved up by one). A rejected event
     /// changes nothing.
     pub fn apply(&mut self, ev: &Event, now_ms: i64, lim: &Limits) -> Result<bool, Reject> {
-        if ev.device.is_empty() || ev.device.len() > MAX_TEXT || ev.sequence == 0 {
+        if ev.device.is_empty()
+            || ev.device.len() > MAX_TEXT
+            || ev.sequence == 0
+            || has_unsafe_chars(&ev.device)
+        {
             return Err(Reject::Malformed);
         }
         let last = self
@@ -371,6 +376,9 @@ impl UserPresence {
                     || call_id.len() > MAX_TEXT
                     || remote_number.len() > MAX_TEXT
                     || remote_name.len() > MAX_TEXT
+                    || [call_id, remote_number, remote_name]
+                        .into_iter()
+                        .any(|t| has_unsafe_chars(t))
                 {
                     return Err(Reject::Malformed);
                 }
@@ -389,10 +397,14 @@ impl UserPresence {
                     _ => {}
                 }
             }
-            EventKind::ManualStatus(_, msg) if msg.chars().count() > MAX_TEXT => {
+            EventKind::ManualStatus(_, msg)
+                if msg.chars().count() > MAX_TEXT || has_unsafe_chars(msg) =>
+            {
                 return Err(Reject::Malformed);
             }
-            EventKind::QueueLogin { queue, .. } if queue.is_empty() || queue.len() > MAX_TEXT => {
+            EventKind::QueueLogin { queue, .. }
+                if queue.is_empty() || queue.len() > MAX_TEXT || has_unsafe_chars(queue) =>
+            {
                 return Err(Reject::Malformed);
             }
             _ => {}

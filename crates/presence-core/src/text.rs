@@ -16,8 +16,22 @@ pub const MAX_QUEUE_MEMBERS: usize = 2000;
 /// Shortest and longest password, in characters.
 pub const PASSWORD_LEN: (usize, usize) = (8, 256);
 
-/// Checks a free-text field: at most `max` characters, no control
-/// characters. Returns the trimmed value.
+/// Returns whether `c` must not appear in stored or delivered text:
+/// control characters (NUL, CR, LF, ESC, C1…) and the bidirectional
+/// formatting characters that reorder what a reader sees (U+200E/F,
+/// U+202A–U+202E, U+2066–U+2069).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Returns whether `s` contains a character of [`is_unsafe_char`].
+pub fn has_unsafe_chars(s: &str) -> bool {
+    s.chars().any(is_unsafe_char)
+}
+
+/// Checks a free-text field: at most `max` characters, none of
+/// [`is_unsafe_char`]. Returns the trimmed value.
 pub fn check(field: &str, value: &str, max: usize) -> ApiResult<String> {
     let v = value.trim();
     let n = v.chars().count();
@@ -26,7 +40,7 @@ pub fn check(field: &str, value: &str, max: usize) -> ApiResult<String> {
             "{field} is too long: {n} characters, at most {max}"
         )));
     }
-    if v.chars().any(char::is_control) {
+    if has_unsafe_chars(v) {
         return Err(ApiError::invalid(format!(
             "{field} contains control characters"
         )));

@@ -194,13 +194,31 @@ impl Drop for ChildGuard {
 /// discarded) and waits until it has written its listening address there,
 /// its readiness signal. Returns the guard and `http://<address>`. Panics
 /// naming `what` if the process exits first or is not ready in 30 s.
-pub fn spawn_ready(mut cmd: Command, ready: &Path, what: &str) -> (ChildGuard, String) {
+pub fn spawn_ready(cmd: Command, ready: &Path, what: &str) -> (ChildGuard, String) {
+    spawn_ready_logged(cmd, ready, what, None)
+}
+
+/// Like [`spawn_ready`], writing the server's stderr (its log) to `log`
+/// when given.
+pub fn spawn_ready_logged(
+    mut cmd: Command,
+    ready: &Path,
+    what: &str,
+    log: Option<&Path>,
+) -> (ChildGuard, String) {
     let _ = std::fs::remove_file(ready);
+    let stderr = match log {
+        Some(p) => match std::fs::File::create(p) {
+            Ok(f) => Stdio::from(f),
+            Err(e) => panic!("cannot create {}: {e}", p.display()),
+        },
+        None => Stdio::null(),
+    };
     let child = match cmd
         .arg("--ready-file")
         .arg(ready)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
     {
         Ok(c) => c,

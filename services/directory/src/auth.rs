@@ -1,7 +1,7 @@
 //! AuthService: logins, welcome acceptance, password changes, token
 //! issuance, and the session validator every server's interceptor uses.
 
-use crate::records::{Read, WelcomeRecord, event};
+use crate::records::{Read, WelcomeRecord, event, incarnation, void_welcome};
 use crate::service::{Directory, key, token_hash};
 use crate::store::{Store, keys};
 use crate::users::{kind_of, scope_of};
@@ -17,14 +17,31 @@ fn invalid_credentials() -> ApiError {
     ApiError::Unauthenticated("invalid credentials".into())
 }
 
+/// What a user session token is bound to: the user's incarnation and
+/// its session epoch at issue time.
+#[derive(Debug, Clone, Copy)]
+struct Session {
+    epoch: u64,
+    inc: u64,
+}
+
+/// Reads the session a new token of `d`/`u` is bound to.
+fn session_of(r: &impl Read, d: &DomainId, u: &UserId, epoch: u64) -> ApiResult<Session> {
+    Ok(Session {
+        epoch,
+        inc: r.incarnation(&incarnation::user_key(d.as_str(), u.as_str()))?,
+    })
+}
+
 impl Directory {
-    fn user_token(&self, d: &DomainId, u: &UserId, epoch: u64) -> (String, i64) {
+    fn user_token(&self, d: &DomainId, u: &UserId, session: Session) -> (String, i64) {
         let ttl = self.config().session_ttl.as_millis() as i64;
         let (t, c) = self.signer().issue(
             Subject::User {
                 domain: d.to_string(),
                 user: u.to_string(),
-                epoch,
+                epoch: session.epoch,
+                inc: session.inc,
             },
             ttl,
         );
@@ -35,10 +52,10 @@ impl Directory {
         &self,
         d: &DomainId,
         u: &v1::User,
-        epoch: u64,
+        session: Session,
     ) -> ApiResult<v1::LoginResponse> {
         let uid = UserId::parse(&u.id)?;
-        let (token, expires_at_ms) = self.user_token(d, &uid, epoch);
+        let (token, expires_at_ms) = self.user_token(d, &uid, session);
         let principal = Principal::User {
             domain: d.clone(),
             user: uid,
@@ -59,75 +76,131 @@ impl Directory {
     /// Checks a password login and returns a session token. Unknown
     /// users, wrong passwords and unknown domains all answer
     /// "invalid credentials", after the same amount of hashing work.
-    pub async fn login(&self, req: v1::LoginRequest) -> ApiResult<v1::LoginResponse> {
-        let d = DomainId::parse(&req.domain).map_err(|_| invalid_credentials())?;
-        let id = UserId::parse(&req.user).map_err(|_| invalid_credentials())?;
-        let (dd, ii) = (d.clone(), id.clone());
-        let found = self
-            .read(move |s| match s.user(&dd, &ii) {
-                Ok(u) => Ok(Some((u, s.credentials(&dd, &ii)?))),
-                Err(ApiError::NotFound(_)) => Ok(None),
-                Err(e) => Err(e),
-            })
-            .await?;
-        let (u, creds) = match found {
-            Some((u, c)) if !c.password_hash.is_empty() => (u, c),
+    /// `peer` is the caller's address, logged with each failure.
+    pub async fn login(
+        &self,
+        req: v1::LoginRequest,
+        peer: Option<std::net::SocketAddr>,
+    ) -> ApiResult<v1::LoginResponse> {
+        let failed = |reason: &'static str| {
+            metrics::counter!("presence_logins_total", "result" => "failed").increment(1);
+            // The names as given (bounded, control characters escaped by
+            // Debug), never the password.
+            let clip = |s: &str| s.chars().take(80).collect::<String>();
+            tracing::warn!(
+                domain = ?clip(&req.domain),
+                user = ?clip(&req.user),
+                peer = %peer.map(|a| a.to_string()).unwrap_or_else(|| "-".into()),
+                reason,
+                "login failed"
+            );
+        };
+        let parsed = DomainId::parse(&req.domain).and_then(|d| Ok((d, UserId::parse(&req.user)?)));
+        let found = match &parsed {
+            Ok((d, id)) => {
+                let (dd, ii) = (d.clone(), id.clone());
+                self.read(move |s| match s.user(&dd, &ii) {
+                    Ok(u) => {
+                        let c = s.credentials(&dd, &ii)?;
+                        let session = session_of(s, &dd, &ii, c.session_epoch)?;
+                        Ok(Some((u, c, session)))
+                    }
+                    Err(ApiError::NotFound(_)) => Ok(None),
+                    Err(e) => Err(e),
+                })
+                .await?
+            }
+            Err(_) => None,
+        };
+        let (u, creds, mut session) = match found {
+            Some((u, c, s)) if !c.password_hash.is_empty() => (u, c, s),
             _ => {
-                self.verify(req.password, self.dummy_hash().to_owned())
+                self.verify(req.password.clone(), self.dummy_hash().to_owned())
                     .await?;
-                metrics::counter!("presence_logins_total", "result" => "failed").increment(1);
+                failed("unknown user or no password");
                 return Err(invalid_credentials());
             }
         };
+        let Ok((d, id)) = parsed else {
+            return Err(invalid_credentials());
+        };
         if !self
-            .verify(req.password, creds.password_hash.clone())
+            .verify(req.password.clone(), creds.password_hash.clone())
             .await?
         {
-            metrics::counter!("presence_logins_total", "result" => "failed").increment(1);
+            failed("wrong password");
             return Err(invalid_credentials());
         }
         if kind_of(&u) != UserKind::Person || !scope_of(&u).has(Capability::Portal) {
+            failed("no portal access");
             return Err(ApiError::denied(format!(
                 "scope {} has no portal access",
                 scope_of(&u).name()
             )));
         }
-        let mut epoch = creds.session_epoch;
-        if creds.reset_required {
-            let Some(new_pw) = req.new_password else {
+        match (creds.reset_required, req.new_password) {
+            (false, None) => {}
+            (false, Some(_)) => {
+                return Err(ApiError::invalid(
+                    "new_password is only taken when a password reset is required; \
+                     use ChangePassword",
+                ));
+            }
+            (true, None) => {
                 return Err(ApiError::FailedPrecondition(
                     "password reset required: log in again with new_password".into(),
                 ));
-            };
-            text::check_password(&new_pw)?;
-            let hash = self.hash(new_pw).await?;
-            let (dd, ii) = (d.clone(), id.clone());
-            epoch = self
-                .write(move |tx| {
-                    let mut c = tx.credentials(&dd, &ii)?;
-                    let mut u = tx.user(&dd, &ii)?;
-                    c.password_hash = hash;
-                    c.reset_required = false;
-                    c.session_epoch += 1;
-                    u.password_reset_required = false;
-                    u.version += 1;
-                    tx.put(key(keys::CREDENTIALS, &[dd.as_str(), ii.as_str()]), &c);
-                    tx.put(key(keys::USER, &[dd.as_str(), ii.as_str()]), &u);
-                    tx.emit(event(
-                        &dd,
-                        Ek::User,
-                        Ck::Updated,
-                        ii.as_str(),
-                        u.version,
-                        vec!["password".into()],
+            }
+            (true, Some(new_pw)) => {
+                text::check_password(&new_pw)?;
+                if self
+                    .verify(new_pw.clone(), creds.password_hash.clone())
+                    .await?
+                {
+                    return Err(ApiError::invalid(
+                        "new_password must differ from the current password",
                     ));
-                    Ok(c.session_epoch)
-                })
-                .await?;
+                }
+                let hash = self.hash(new_pw).await?;
+                let (dd, ii) = (d.clone(), id.clone());
+                let inc = session.inc;
+                session = self
+                    .write(move |tx| {
+                        // The account may have been deleted and created
+                        // again since the password was checked.
+                        let now = session_of(tx, &dd, &ii, 0)?;
+                        if now.inc != inc {
+                            return Err(invalid_credentials());
+                        }
+                        let mut c = tx.credentials(&dd, &ii)?;
+                        let mut u = tx.user(&dd, &ii)?;
+                        c.password_hash = hash;
+                        c.reset_required = false;
+                        c.session_epoch += 1;
+                        u.password_reset_required = false;
+                        u.version += 1;
+                        tx.put(key(keys::CREDENTIALS, &[dd.as_str(), ii.as_str()]), &c);
+                        tx.put(key(keys::USER, &[dd.as_str(), ii.as_str()]), &u);
+                        void_welcome(tx, &dd, &ii)?;
+                        tx.emit(event(
+                            &dd,
+                            Ek::User,
+                            Ck::Updated,
+                            ii.as_str(),
+                            u.version,
+                            vec!["password".into()],
+                        ));
+                        Ok(Session {
+                            epoch: c.session_epoch,
+                            inc,
+                        })
+                    })
+                    .await?;
+            }
         }
         metrics::counter!("presence_logins_total", "result" => "ok").increment(1);
         tracing::info!(domain = %d, user = %id, "login");
-        self.login_response(&d, &u, epoch)
+        self.login_response(&d, &u, session)
     }
 
     /// Consumes a welcome token: sets the password (and PIN), clears a
@@ -146,7 +219,7 @@ impl Directory {
             None => None,
         };
         let h = token_hash(req.welcome_token.trim());
-        let (u, epoch) = self
+        let (u, session) = self
             .write(move |tx| {
                 let bad = || ApiError::Unauthenticated("invalid or expired welcome token".into());
                 let wk = key(keys::WELCOME, &[&h]);
@@ -183,11 +256,12 @@ impl Directory {
                     u.version,
                     vec!["welcome:accepted".into()],
                 ));
-                Ok((u, c.session_epoch))
+                let session = session_of(tx, &d, &id, c.session_epoch)?;
+                Ok((u, session))
             })
             .await?;
         let d = DomainId::parse(&u.domain)?;
-        self.login_response(&d, &u, epoch)
+        self.login_response(&d, &u, session)
     }
 
     /// Changes the caller's own password and returns a fresh token; every
@@ -200,22 +274,36 @@ impl Directory {
         let Principal::User { domain, user, .. } = p else {
             return Err(ApiError::denied("only users have passwords"));
         };
+        // The caller's token was checked against the current incarnation
+        // when this call began; the write below checks it again.
         text::check_password(&req.new_password)?;
         let (d, id) = (domain.clone(), user.clone());
         let (dd, ii) = (d.clone(), id.clone());
-        let creds = self.read(move |s| s.credentials(&dd, &ii)).await?;
+        let (creds, inc) = self
+            .read(move |s| {
+                let c = s.credentials(&dd, &ii)?;
+                let inc = session_of(s, &dd, &ii, 0)?.inc;
+                Ok((c, inc))
+            })
+            .await?;
         if !self.verify(req.old_password, creds.password_hash).await? {
             return Err(invalid_credentials());
         }
         let hash = self.hash(req.new_password).await?;
         let (dd, ii) = (d.clone(), id.clone());
-        let epoch = self
+        let session = self
             .write(move |tx| {
+                if session_of(tx, &dd, &ii, 0)?.inc != inc {
+                    return Err(ApiError::Unauthenticated(
+                        "session ended; log in again".into(),
+                    ));
+                }
                 let mut c = tx.credentials(&dd, &ii)?;
                 c.password_hash = hash;
                 c.reset_required = false;
                 c.session_epoch += 1;
                 tx.put(key(keys::CREDENTIALS, &[dd.as_str(), ii.as_str()]), &c);
+                void_welcome(tx, &dd, &ii)?;
                 tx.emit(event(
                     &dd,
                     Ek::Credentials,
@@ -224,10 +312,13 @@ impl Directory {
                     0,
                     vec!["sessions:invalidated".into()],
                 ));
-                Ok(c.session_epoch)
+                Ok(Session {
+                    epoch: c.session_epoch,
+                    inc,
+                })
             })
             .await?;
-        let (token, _) = self.user_token(&d, &id, epoch);
+        let (token, _) = self.user_token(&d, &id, session);
         Ok(v1::ChangePasswordResponse { token })
     }
 
@@ -253,13 +344,36 @@ impl Directory {
                 if name.is_empty() {
                     return Err(ApiError::invalid("service name must be set"));
                 }
+                if RESERVED_SERVICE_NAMES.contains(&name.as_str()) {
+                    return Err(ApiError::invalid(format!(
+                        "service name {name:?} is reserved"
+                    )));
+                }
                 let domains = DomainSet::parse(&s.domains)?;
                 let wanted = parse_rights(&s.rights)?;
                 authorize_issue(p, &domains, &wanted)?;
+                // Bind the token to each domain's current incarnation; a
+                // domain that does not exist gets no token.
+                let incs = match &domains {
+                    DomainSet::All => Vec::new(),
+                    DomainSet::Some(ds) => {
+                        let ds = ds.clone();
+                        self.read(move |s| {
+                            ds.iter()
+                                .map(|d| {
+                                    s.domain(d)?;
+                                    s.incarnation(&incarnation::domain_key(d.as_str()))
+                                })
+                                .collect::<ApiResult<Vec<u64>>>()
+                        })
+                        .await?
+                    }
+                };
                 Subject::Service {
                     name,
                     domains: domains.to_strings(),
                     rights: wanted,
+                    incs,
                 }
             }
             Some(v1::issue_token_request::Subject::Phone(ph)) => {
@@ -270,11 +384,26 @@ impl Directory {
                     return Err(ApiError::denied("not allowed to issue tokens"));
                 }
                 let dd = d.clone();
-                let phone = self.read(move |s| s.phone(&dd, &mac)).await?;
+                let (phone, inc) = self
+                    .read(move |s| {
+                        let ph = s.phone(&dd, &mac)?;
+                        let inc = s.incarnation(&incarnation::phone_key(dd.as_str(), &ph.mac))?;
+                        Ok((ph, inc))
+                    })
+                    .await?;
+                // A token names the owner it is for: one asked for another
+                // user is refused, never bound to the real owner.
+                if !ph.user.is_empty() && ph.user != phone.user {
+                    return Err(ApiError::invalid(format!(
+                        "phone {} does not belong to user {}",
+                        phone.mac, ph.user
+                    )));
+                }
                 Subject::Phone {
                     domain: d.to_string(),
                     user: phone.user,
                     mac: phone.mac,
+                    inc,
                 }
             }
         };
@@ -286,6 +415,10 @@ impl Directory {
         })
     }
 }
+
+/// Service names no issued token may take: the bootstrap administrator's
+/// token is written by the server itself.
+pub const RESERVED_SERVICE_NAMES: &[&str] = &["bootstrap-admin"];
 
 fn authorize_issue(p: &Principal, domains: &DomainSet, wanted: &[String]) -> ApiResult<()> {
     let holds = |right: &str| -> bool {
@@ -310,16 +443,34 @@ fn authorize_issue(p: &Principal, domains: &DomainSet, wanted: &[String]) -> Api
 }
 
 /// Validates token claims against the current directory: a user session
-/// is valid while the user exists with the same session epoch and a
-/// portal scope; a phone token while the phone belongs to the same user.
+/// is valid while the same incarnation of the user exists with the same
+/// session epoch and a portal scope; a phone token while the same
+/// incarnation of the phone belongs to the same user; a service token
+/// keeps its rights in each named domain while that domain's incarnation
+/// is the one it was issued for.
 pub struct StoreValidator {
     store: Arc<Store>,
+    holds_directory: bool,
 }
 
 impl StoreValidator {
-    /// Returns a validator reading `store`.
+    /// Returns a validator reading `store`, which holds the directory.
     pub fn new(store: Arc<Store>) -> Self {
-        Self { store }
+        Self {
+            store,
+            holds_directory: true,
+        }
+    }
+
+    /// Returns a validator for a node that does not hold the directory
+    /// (a fanout-only node): it accepts service tokens on their claims,
+    /// without checking their domains' incarnations, and refuses user and
+    /// phone tokens (which only the directory can check).
+    pub fn without_directory(store: Arc<Store>) -> Self {
+        Self {
+            store,
+            holds_directory: false,
+        }
     }
 }
 
@@ -331,12 +482,14 @@ impl SessionValidator for StoreValidator {
                 domain,
                 user,
                 epoch,
+                inc,
             } => {
                 let d = DomainId::parse(domain).map_err(|_| expired())?;
                 let id = UserId::parse(user).map_err(|_| expired())?;
                 let u = self.store.user(&d, &id).map_err(|_| expired())?;
                 let c = self.store.credentials(&d, &id)?;
-                if c.session_epoch != *epoch || c.reset_required {
+                let now = session_of(self.store.as_ref(), &d, &id, c.session_epoch)?;
+                if now.inc != *inc || c.session_epoch != *epoch || c.reset_required {
                     return Err(expired());
                 }
                 let scope = scope_of(&u);
@@ -357,11 +510,19 @@ impl SessionValidator for StoreValidator {
                     },
                 })
             }
-            Subject::Phone { domain, user, mac } => {
+            Subject::Phone {
+                domain,
+                user,
+                mac,
+                inc,
+            } => {
                 let d = DomainId::parse(domain).map_err(|_| expired())?;
                 let m = Mac::parse(mac).map_err(|_| expired())?;
                 let ph = self.store.phone(&d, &m).map_err(|_| expired())?;
-                if ph.user != *user {
+                let now = self
+                    .store
+                    .incarnation(&incarnation::phone_key(d.as_str(), m.as_str()))?;
+                if ph.user != *user || now != *inc {
                     return Err(expired());
                 }
                 Ok(Principal::Phone {
@@ -374,11 +535,41 @@ impl SessionValidator for StoreValidator {
                 name,
                 domains,
                 rights,
-            } => Ok(Principal::Service {
-                name: name.clone(),
-                domains: DomainSet::parse(domains).map_err(|_| expired())?,
-                rights: rights.clone(),
-            }),
+                incs,
+            } => {
+                let set = DomainSet::parse(domains).map_err(|_| expired())?;
+                let set = match set {
+                    DomainSet::Some(ds) if self.holds_directory => {
+                        DomainSet::Some(live_domains(self.store.as_ref(), ds, incs)?)
+                    }
+                    other => other,
+                };
+                if matches!(&set, DomainSet::Some(ds) if ds.is_empty()) {
+                    return Err(ApiError::Unauthenticated(
+                        "token ended: every domain it was issued for was deleted".into(),
+                    ));
+                }
+                Ok(Principal::Service {
+                    name: name.clone(),
+                    domains: set,
+                    rights: rights.clone(),
+                })
+            }
         }
     }
+}
+
+/// Returns the domains of `ds` that still exist with the incarnation of
+/// the same position in `incs` (0 for tokens and domains from before
+/// incarnations).
+fn live_domains(r: &impl Read, ds: Vec<DomainId>, incs: &[u64]) -> ApiResult<Vec<DomainId>> {
+    let mut out = Vec::with_capacity(ds.len());
+    for (i, d) in ds.into_iter().enumerate() {
+        let want = incs.get(i).copied().unwrap_or(0);
+        let exists = r.raw(&key(keys::DOMAIN, &[d.as_str()]))?.is_some();
+        if exists && r.incarnation(&incarnation::domain_key(d.as_str()))? == want {
+            out.push(d);
+        }
+    }
+    Ok(out)
 }

@@ -84,8 +84,9 @@ impl AuthService for AuthGrpc {
         &self,
         request: Request<v1::LoginRequest>,
     ) -> Result<Response<v1::LoginResponse>, Status> {
+        let peer = request.remote_addr();
         self.0
-            .login(request.into_inner())
+            .login(request.into_inner(), peer)
             .await
             .map(Response::new)
             .map_err(|e| respond("login", e))

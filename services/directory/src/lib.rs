@@ -13,16 +13,18 @@
 //!   `queues` and `auth`;
 //! - [`auth`]: login, welcome, password change, token issuance and the
 //!   [`auth::StoreValidator`] used by every server's interceptor;
+//! - [`hashing`]: the bounded pool of threads that hash passwords;
 //! - [`hooks`]: extension points run inside directory transactions;
 //! - [`grpc`]: the tonic adapters.
 
 pub mod auth;
 pub mod authz;
 pub mod grpc;
+pub mod hashing;
 pub mod hooks;
 mod options;
 mod phones;
-mod queues;
+pub mod queues;
 pub mod records;
 pub mod search;
 pub mod service;

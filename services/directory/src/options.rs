@@ -3,7 +3,7 @@
 
 use crate::authz::role;
 use crate::records::WelcomeRecord;
-use crate::records::{Read, check_email, check_version, event};
+use crate::records::{Read, check_email, check_version, event, void_welcome};
 use crate::service::{Directory, key, token_hash};
 use crate::store::keys;
 use crate::users::{default_options, kind_of, scope_of};
@@ -238,6 +238,7 @@ impl Directory {
             c.pin_hash.clear();
             c.session_epoch += 1;
             tx.put(key(keys::CREDENTIALS, &[d.as_str(), id.as_str()]), &c);
+            void_welcome(tx, &d, &id)?;
             u.version += 1;
             u.updated_at_ms = now_ms();
             tx.put(key(keys::USER, &[d.as_str(), id.as_str()]), &u);
@@ -363,6 +364,7 @@ impl Directory {
             c.reset_required = true;
             c.session_epoch += 1;
             tx.put(key(keys::CREDENTIALS, &[d.as_str(), id.as_str()]), &c);
+            void_welcome(tx, &d, &id)?;
             u.password_reset_required = true;
             u.version += 1;
             u.updated_at_ms = now_ms();

@@ -1,7 +1,11 @@
-//! Phones: MAC unique across the deployment, owned by one user.
+//! Phones: MAC unique within a domain, owned by one user.
+//!
+//! MACs are keyed per domain, so one tenant can neither squat nor detect
+//! a phone of another: adding a MAC that another domain uses is answered
+//! exactly as for a free MAC.
 
 use crate::authz::role;
-use crate::records::{Read, check_version, event};
+use crate::records::{Read, check_version, event, incarnation};
 use crate::service::{Directory, key, page_size};
 use crate::store::keys;
 use crate::users::scope_of;
@@ -60,7 +64,7 @@ fn check_line_keys(keys_in: Vec<v1::LineKey>) -> ApiResult<Vec<v1::LineKey>> {
 }
 
 impl Directory {
-    /// Adds a phone to a user. The MAC is unique across every domain.
+    /// Adds a phone to a user. The MAC is unique within the domain.
     pub async fn add_phone(&self, p: &Principal, req: v1::AddPhoneRequest) -> ApiResult<v1::Phone> {
         let d = DomainId::parse(&req.domain)?;
         let owner = UserId::parse(&req.user)?;
@@ -69,6 +73,7 @@ impl Directory {
         let model = text::check("model", &req.model, MAX_NAME)?;
         let label = text::check("label", &req.label, MAX_NAME)?;
         let line_keys = check_line_keys(req.line_keys)?;
+        let inc = incarnation::fresh();
         self.write(move |tx| {
             tx.domain(&d)?;
             let u = tx.user(&d, &owner)?;
@@ -77,10 +82,10 @@ impl Directory {
                 scope_of(&u),
                 &format!("add phones to user {owner}"),
             )?;
-            let k = key(keys::PHONE, &[mac.as_str()]);
+            let k = key(keys::PHONE, &[d.as_str(), mac.as_str()]);
             if tx.exists(&k)? {
                 return Err(ApiError::AlreadyExists(format!(
-                    "phone {mac} already exists"
+                    "phone {mac} already exists in domain {d}"
                 )));
             }
             let now = now_ms();
@@ -96,6 +101,10 @@ impl Directory {
                 updated_at_ms: now,
             };
             tx.put(k, &ph);
+            tx.put_raw(
+                incarnation::phone_key(d.as_str(), mac.as_str()),
+                inc.to_be_bytes().to_vec(),
+            );
             tx.put_raw(
                 key(
                     keys::PHONE_BY_USER,
@@ -156,6 +165,7 @@ impl Directory {
             None
         };
         let new_owner = req.user.as_deref().map(UserId::parse).transpose()?;
+        let inc = incarnation::fresh();
         self.write(move |tx| {
             tx.domain(&d)?;
             let mut ph = tx.phone(&d, &mac)?;
@@ -183,6 +193,12 @@ impl Directory {
                     ),
                     Vec::new(),
                 );
+                // Another owner, another identity: the phone's tokens end
+                // and do not come back if it is moved back.
+                tx.put_raw(
+                    incarnation::phone_key(d.as_str(), mac.as_str()),
+                    inc.to_be_bytes().to_vec(),
+                );
                 facts.push(format!("moved_from:{}", ph.user));
                 ph.user = no.to_string();
             }
@@ -198,7 +214,7 @@ impl Directory {
             ph.version += 1;
             ph.updated_at_ms = now_ms();
             facts.push(format!("user:{}", ph.user));
-            tx.put(key(keys::PHONE, &[mac.as_str()]), &ph);
+            tx.put(key(keys::PHONE, &[d.as_str(), mac.as_str()]), &ph);
             tx.emit(event(
                 &d,
                 Ek::Phone,
@@ -231,7 +247,8 @@ impl Directory {
                 &format!("delete phone {mac}"),
             )?;
             check_version(&format!("phone {mac}"), ph.version, req.expected_version)?;
-            tx.delete(key(keys::PHONE, &[mac.as_str()]));
+            tx.delete(key(keys::PHONE, &[d.as_str(), mac.as_str()]));
+            tx.delete(incarnation::phone_key(d.as_str(), mac.as_str()));
             tx.delete(key(
                 keys::PHONE_BY_USER,
                 &[d.as_str(), &ph.user, mac.as_str()],

@@ -30,6 +30,27 @@ fn load(s: &impl Read, d: &DomainId, id: &UserId) -> ApiResult<(v1::Queue, v1::U
     Ok((s.queue(d, id)?, u))
 }
 
+/// Returns whether user `watcher` of `d` may read queue `q` (as
+/// `GetQueue` would answer it): the queue's members and the users who
+/// manage it. What a watch selecting the queue reveals (its agents)
+/// follows the same rule. An unknown queue is `NotFound`.
+pub fn user_may_read_queue(
+    s: &impl Read,
+    d: &DomainId,
+    watcher: &UserId,
+    q: &UserId,
+) -> ApiResult<bool> {
+    let (queue, qu) = load(s, d, q)?;
+    let w = s.user(d, watcher)?;
+    let p = Principal::User {
+        domain: d.clone(),
+        user: watcher.clone(),
+        scope: scope_of(&w),
+        site: crate::records::opt_site(&w.site)?,
+    };
+    Ok(can_read(&role(&p, d)?, &queue, &qu))
+}
+
 impl Directory {
     /// Returns a queue to managers, readers and its members.
     pub async fn get_queue(&self, p: &Principal, req: v1::GetQueueRequest) -> ApiResult<v1::Queue> {
@@ -112,6 +133,37 @@ impl Directory {
                 &format!("change members of queue {id}"),
             )?;
             check_version(&format!("queue {id}"), q.version, req.expected_version)?;
+            // Every member added or removed must be a user the caller
+            // manages: a site manager cannot reach across its site through
+            // a queue (members it does not change may stay).
+            let was_agent = |u: &str| q.agents.iter().any(|a| a.user == u);
+            let was_supervisor = |u: &str| q.supervisors.iter().any(|s| s == u);
+            let mut changed: Vec<UserId> = Vec::new();
+            changed.extend(agents.iter().filter(|a| !was_agent(a.as_str())).cloned());
+            changed.extend(
+                supervisors
+                    .iter()
+                    .filter(|s| !was_supervisor(s.as_str()))
+                    .cloned(),
+            );
+            for a in &q.agents {
+                if !agents.iter().any(|n| n.as_str() == a.user) {
+                    changed.push(UserId::parse(&a.user)?);
+                }
+            }
+            for s in &q.supervisors {
+                if !supervisors.iter().any(|n| n.as_str() == s) {
+                    changed.push(UserId::parse(s)?);
+                }
+            }
+            for m in &changed {
+                let u = tx.user(&d, m)?;
+                r.require_manage(
+                    &u.site,
+                    scope_of(&u),
+                    &format!("add or remove {m} as a member of queue {id}"),
+                )?;
+            }
             for a in &agents {
                 let u = tx.user(&d, a)?;
                 if kind_of(&u) != UserKind::Person || !scope_of(&u).has(Capability::QueueLogin) {

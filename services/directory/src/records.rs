@@ -39,6 +39,58 @@ pub struct WelcomeRecord {
     pub expires_at_ms: i64,
 }
 
+/// Incarnations: the identity of one life of a domain, user or phone.
+///
+/// Ids repeat (a user deleted and created again keeps its extension),
+/// tokens must not follow them: every token names the incarnation of
+/// what it stands for, and a record's incarnation changes whenever it is
+/// created again (or, for a phone, given to another owner). 0 stands for
+/// records created before incarnations existed; new ones are never 0.
+pub mod incarnation {
+    use crate::store::keys::{INCARNATION, key};
+
+    /// Returns the incarnation key of domain `d`.
+    pub fn domain_key(d: &str) -> Vec<u8> {
+        key(INCARNATION, &[d])
+    }
+
+    /// Returns the incarnation key of user `u` of domain `d`.
+    pub fn user_key(d: &str, u: &str) -> Vec<u8> {
+        key(INCARNATION, &[d, "u", u])
+    }
+
+    /// Returns the incarnation key of the phone `mac` of domain `d`.
+    pub fn phone_key(d: &str, mac: &str) -> Vec<u8> {
+        key(INCARNATION, &[d, "p", mac])
+    }
+
+    /// Returns a fresh random incarnation (never 0). Drawn before a write
+    /// transaction runs, so the transaction itself stays deterministic.
+    pub fn fresh() -> u64 {
+        loop {
+            let b = presence_auth::token::random_bytes(8);
+            let mut a = [0u8; 8];
+            a.copy_from_slice(&b);
+            let n = u64::from_be_bytes(a);
+            if n != 0 {
+                return n;
+            }
+        }
+    }
+
+    /// Decodes a stored incarnation (0 when absent or malformed).
+    pub fn decode(v: Option<&[u8]>) -> u64 {
+        match v {
+            Some(b) if b.len() == 8 => {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                u64::from_be_bytes(a)
+            }
+            _ => 0,
+        }
+    }
+}
+
 /// Read access common to the store and a transaction.
 pub trait Read {
     /// Reads a raw value.
@@ -86,12 +138,18 @@ pub trait Read {
     /// Loads a phone of domain `d`; a phone of another domain is
     /// reported exactly like a missing one.
     fn phone(&self, d: &DomainId, mac: &presence_core::Mac) -> ApiResult<v1::Phone> {
-        match self.record::<v1::Phone>(&keys::key(keys::PHONE, &[mac.as_str()]))? {
+        match self.record::<v1::Phone>(&keys::key(keys::PHONE, &[d.as_str(), mac.as_str()]))? {
             Some(p) if p.domain == d.as_str() => Ok(p),
             _ => Err(ApiError::not_found(format!(
                 "phone {mac} not found in domain {d}"
             ))),
         }
+    }
+
+    /// Returns the incarnation stored under `key` (see [`incarnation`];
+    /// 0 when none is stored).
+    fn incarnation(&self, key: &[u8]) -> ApiResult<u64> {
+        Ok(incarnation::decode(self.raw(key)?.as_deref()))
     }
 
     /// Loads a call queue.
@@ -111,6 +169,17 @@ impl Read for Tx<'_> {
     fn raw(&self, key: &[u8]) -> ApiResult<Option<Vec<u8>>> {
         self.get_raw(key)
     }
+}
+
+/// Voids the pending welcome token of user `u`, if any: a password set by
+/// anyone, a reset and a deletion all end it.
+pub fn void_welcome(tx: &mut Tx<'_>, d: &DomainId, u: &UserId) -> ApiResult<()> {
+    let wu = keys::key(keys::WELCOME_BY_USER, &[d.as_str(), u.as_str()]);
+    if let Some(h) = tx.raw(&wu)? {
+        tx.delete(keys::key(keys::WELCOME, &[&String::from_utf8_lossy(&h)]));
+        tx.delete(wu);
+    }
+    Ok(())
 }
 
 /// Returns the `NotFound` error of a missing user.

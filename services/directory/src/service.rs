@@ -7,7 +7,7 @@
 
 use crate::authz::role;
 use crate::hooks::DirectoryHooks;
-use crate::records::{Read, check_version, event};
+use crate::records::{Read, check_version, event, incarnation};
 use crate::store::{Outbox, Store, Tx, keys};
 use presence_auth::password::{self, HashCost};
 use presence_auth::token::now_ms;
@@ -32,6 +32,12 @@ pub struct DirectoryConfig {
     pub welcome_ttl: Duration,
     /// Cost of password and PIN hashes.
     pub hash_cost: HashCost,
+    /// Password hashes computed at once (each holds `hash_cost` memory).
+    pub hash_concurrency: usize,
+    /// Password hashes waiting for a free slot; beyond that, a call that
+    /// needs one is answered `ResourceExhausted` at once. Logins need no
+    /// token, so this is what bounds an anonymous caller's memory.
+    pub hash_queue: usize,
 }
 
 impl Default for DirectoryConfig {
@@ -41,8 +47,20 @@ impl Default for DirectoryConfig {
             service_token_ttl: Duration::from_secs(365 * 24 * 3600),
             welcome_ttl: Duration::from_secs(72 * 3600),
             hash_cost: HashCost::default(),
+            hash_concurrency: default_hash_concurrency(),
+            hash_queue: 32,
         }
     }
+}
+
+/// Returns the default number of hashing threads: one per core, at most
+/// four (each keeps up to ~100 MiB of hash memory and allocator arena;
+/// four threads already check over a hundred passwords a second).
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .min(4)
 }
 
 /// Default and largest page size of list calls.
@@ -73,6 +91,8 @@ struct Inner {
     /// Hash verified when a login names an unknown user, so that the
     /// answer takes as long as for a known one.
     dummy_hash: String,
+    /// The threads that compute password hashes.
+    hashers: crate::hashing::HashPool,
 }
 
 fn join_err(e: tokio::task::JoinError) -> ApiError {
@@ -103,6 +123,7 @@ impl Directory {
                 store,
                 bus,
                 signer,
+                hashers: crate::hashing::HashPool::new(cfg.hash_concurrency, cfg.hash_queue)?,
                 cfg,
                 dummy_hash,
             }),
@@ -212,17 +233,23 @@ impl Directory {
         }
     }
 
+    /// Runs one password hash or verification on the hashing pool: at
+    /// most `hash_concurrency` at once, `hash_queue` waiting; past that
+    /// the caller gets `ResourceExhausted` without any hashing.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
+        self.inner.hashers.run(f).await
+    }
+
     pub(crate) async fn hash(&self, secret: String) -> ApiResult<String> {
         let cost = self.inner.cfg.hash_cost;
-        tokio::task::spawn_blocking(move || password::hash(&secret, cost))
-            .await
-            .map_err(join_err)?
+        self.hashing(move || password::hash(&secret, cost)).await?
     }
 
     pub(crate) async fn verify(&self, secret: String, phc: String) -> ApiResult<bool> {
-        tokio::task::spawn_blocking(move || password::verify(&secret, &phc))
-            .await
-            .map_err(join_err)
+        self.hashing(move || password::verify(&secret, &phc)).await
     }
 
     // ---- domains ----------------------------------------------------------
@@ -239,6 +266,7 @@ impl Directory {
         }
         let name = text::check("name", &req.name, MAX_NAME)?;
         let dns_name = check_dns_name(&req.dns_name)?;
+        let inc = incarnation::fresh();
         self.write(move |tx| {
             let k = key(keys::DOMAIN, &[id.as_str()]);
             if tx.exists(&k)? {
@@ -246,6 +274,7 @@ impl Directory {
                     "domain {id} already exists"
                 )));
             }
+            require_unused_dns_name(tx, &id, &dns_name)?;
             let now = now_ms();
             let d = v1::Domain {
                 id: id.to_string(),
@@ -256,6 +285,12 @@ impl Directory {
                 updated_at_ms: now,
             };
             tx.put(k, &d);
+            // A domain created again under an old id is a new tenant: no
+            // token of the earlier one applies to it.
+            tx.put_raw(
+                incarnation::domain_key(id.as_str()),
+                inc.to_be_bytes().to_vec(),
+            );
             tx.emit(event(&id, Ek::Domain, Ck::Created, id.as_str(), 1, vec![]));
             Ok(d)
         })
@@ -281,6 +316,7 @@ impl Directory {
     ) -> ApiResult<v1::ListDomainsResponse> {
         let p = p.clone();
         let n = page_size(req.page_size);
+        presence_core::check_page_token(&req.page_token, DomainId::parse)?;
         self.read(move |s| {
             let prefix = keys::prefix(keys::DOMAIN, &[]);
             let after = (!req.page_token.is_empty()).then(|| key(keys::DOMAIN, &[&req.page_token]));
@@ -335,6 +371,7 @@ impl Directory {
                 d.name = n;
             }
             if let Some(n) = dns {
+                require_unused_dns_name(tx, &id, &n)?;
                 d.dns_name = n;
             }
             d.version += 1;
@@ -381,19 +418,16 @@ impl Directory {
                     "domain {id} still has sites or users; delete them or set force"
                 )));
             }
-            // Phones and welcome tokens are keyed globally: find them
-            // through the per-user indexes first.
-            for k in tx.keys_with_prefix(&keys::prefix(keys::PHONE_BY_USER, &[id.as_str()]))? {
-                if let Some(mac) = last_component(&k) {
-                    tx.delete(key(keys::PHONE, &[&mac]));
-                }
-            }
+            // Welcome tokens are keyed globally: find them through the
+            // per-user index first.
             for k in tx.keys_with_prefix(&keys::prefix(keys::WELCOME_BY_USER, &[id.as_str()]))? {
                 if let Some(h) = tx.raw(&k)? {
                     tx.delete(key(keys::WELCOME, &[&String::from_utf8_lossy(&h)]));
                 }
             }
             for tag in [
+                keys::PHONE,
+                keys::INCARNATION,
                 keys::SITE,
                 keys::USER,
                 keys::OPTIONS,
@@ -411,6 +445,7 @@ impl Directory {
                 h.domain_deleted(tx, &id)?;
             }
             tx.delete(key(keys::DOMAIN, &[id.as_str()]));
+            tx.delete(incarnation::domain_key(id.as_str()));
             tx.emit(event(
                 &id,
                 Ek::Domain,
@@ -485,6 +520,7 @@ impl Directory {
         let d = DomainId::parse(&req.domain)?;
         role(p, &d)?.require_browse()?;
         let n = page_size(req.page_size);
+        presence_core::check_page_token(&req.page_token, SiteId::parse)?;
         self.read(move |s| {
             s.domain(&d)?;
             let prefix = keys::prefix(keys::SITE, &[d.as_str()]);
@@ -628,6 +664,27 @@ pub(crate) fn page<M: Message + Default>(
 }
 
 /// Validates an optional DNS name.
+/// Refuses `dns` (already checked and lowercased) when a domain other
+/// than `id` uses it: the DNS name is the tenant's SIP realm, so two
+/// tenants cannot share one. Domains are few and this runs only when a
+/// DNS name is set, so a scan is cheap.
+fn require_unused_dns_name(tx: &Tx<'_>, id: &DomainId, dns: &str) -> ApiResult<()> {
+    if dns.is_empty() {
+        return Ok(());
+    }
+    for k in tx.keys_with_prefix(&keys::prefix(keys::DOMAIN, &[]))? {
+        if let Some(other) = tx.record::<v1::Domain>(&k)?
+            && other.id != id.as_str()
+            && other.dns_name == dns
+        {
+            return Err(ApiError::AlreadyExists(format!(
+                "dns_name {dns} is used by another domain"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn check_dns_name(s: &str) -> ApiResult<String> {
     let v = s.trim().trim_end_matches('.').to_ascii_lowercase();
     if v.is_empty() {

@@ -48,7 +48,9 @@ pub mod keys {
     pub const OPTIONS: &str = "O";
     /// Credentials: `C\0domain\0user`.
     pub const CREDENTIALS: &str = "C";
-    /// Phone by MAC (unique across domains): `P\0mac`.
+    /// Phone by MAC (unique within a domain): `P\0domain\0mac`. Stores
+    /// of earlier versions keyed phones by MAC alone (`P\0mac`);
+    /// [`super::Store::open`] moves them.
     pub const PHONE: &str = "P";
     /// Phones of a user: `PU\0domain\0user\0mac`.
     pub const PHONE_BY_USER: &str = "PU";
@@ -62,6 +64,11 @@ pub mod keys {
     pub const INDEX: &str = "I";
     /// Store metadata: `M\0name`.
     pub const META: &str = "M";
+    /// Incarnation of a domain (`N\0domain`), a user
+    /// (`N\0domain\0u\0user`) or a phone (`N\0domain\0p\0mac`): a random
+    /// nonzero id drawn when the record is created, so a record deleted
+    /// and created again under the same id is a different identity.
+    pub const INCARNATION: &str = "N";
 }
 
 /// The open store.
@@ -103,12 +110,39 @@ impl Store {
             .open()
             .map_err(storage)?;
         let tree = db.open_tree("directory").map_err(storage)?;
-        Ok(Self {
+        let store = Self {
             db,
             tree,
             write_lock: Mutex::new(()),
             sync,
+        };
+        store.migrate_phone_keys()?;
+        Ok(store)
+    }
+
+    /// Moves phones stored under `P\0mac` (MACs unique across domains)
+    /// to `P\0domain\0mac`, in one commit; a no-op on current stores.
+    fn migrate_phone_keys(&self) -> ApiResult<()> {
+        let prefix = keys::prefix(keys::PHONE, &[]);
+        let mut old = Vec::new();
+        for r in self.scan(&prefix, None) {
+            let (k, v) = r?;
+            if !k[prefix.len()..].contains(&keys::SEP) {
+                old.push((k.to_vec(), decode::<v1::Phone>(&v)?));
+            }
+        }
+        if old.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(phones = old.len(), "moving phones to per-domain keys");
+        self.write(|tx| {
+            for (k, ph) in &old {
+                tx.delete(k.clone());
+                tx.put(keys::key(keys::PHONE, &[&ph.domain, &ph.mac]), ph);
+            }
+            Ok(())
         })
+        .map(|_| ())
     }
 
     /// Reads a raw value.

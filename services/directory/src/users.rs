@@ -1,7 +1,9 @@
 //! Users: create, read, list and search, update, delete.
 
 use crate::authz::{Role, role};
-use crate::records::{Credentials, Read, check_profile, check_version, event, opt_site};
+use crate::records::{
+    Credentials, Read, check_profile, check_version, event, incarnation, opt_site, void_welcome,
+};
 use crate::search;
 use crate::service::{Directory, key, page_size};
 use crate::store::{Store, Tx, keys};
@@ -125,6 +127,7 @@ impl Directory {
             None => String::new(),
         };
         let hooks = self.hooks();
+        let inc = incarnation::fresh();
         self.write(move |tx| {
             tx.domain(&d)?;
             if let Some(s) = &site {
@@ -151,6 +154,12 @@ impl Directory {
                 has_password: !password_hash.is_empty(),
             };
             tx.put(k, &u);
+            // A new identity: no token of an earlier user of this id
+            // applies to this one.
+            tx.put_raw(
+                incarnation::user_key(d.as_str(), id.as_str()),
+                inc.to_be_bytes().to_vec(),
+            );
             tx.put(
                 key(keys::OPTIONS, &[d.as_str(), id.as_str()]),
                 &default_options(&d, &u, 1),
@@ -224,9 +233,7 @@ impl Directory {
         let department = text::check("department", &req.department, text::MAX_NAME)?.to_lowercase();
         let search = text::check("search", &req.search, text::MAX_NAME)?;
         let hide_system = req.hide_system_users.unwrap_or(true);
-        if !req.page_token.is_empty() {
-            UserId::parse(&req.page_token).map_err(|_| ApiError::invalid("invalid page_token"))?;
-        }
+        presence_core::check_page_token(&req.page_token, UserId::parse)?;
         let n = page_size(req.page_size);
         self.read(move |s| {
             s.domain(&d)?;
@@ -285,7 +292,14 @@ impl Directory {
                     else {
                         continue;
                     };
-                    if !search::matches(&search::words(&u), &query) {
+                    // Only what the caller may see can match: a search
+                    // must not recover a redacted e-mail prefix by prefix.
+                    let visible = if r.reads_user(&u.id, &u.site, scope_of(&u)) {
+                        search::words(&u)
+                    } else {
+                        search::words(&redact(u.clone()))
+                    };
+                    if !search::matches(&visible, &query) {
                         continue;
                     }
                     if !take(u, &mut users) {
@@ -406,6 +420,7 @@ impl Directory {
                 u.has_password = true;
                 u.password_reset_required = false;
                 tx.put(key(keys::CREDENTIALS, &[d.as_str(), id.as_str()]), &c);
+                void_welcome(tx, &d, &id)?;
                 facts.push("sessions:invalidated".into());
             }
             u.version += 1;
@@ -444,7 +459,8 @@ impl Directory {
             unindex(tx, &d, &u);
             for k in tx.keys_with_prefix(&keys::prefix(keys::PHONE_BY_USER, &[ds, us]))? {
                 if let Some(mac) = crate::service::last_component(&k) {
-                    tx.delete(key(keys::PHONE, &[&mac]));
+                    tx.delete(key(keys::PHONE, &[ds, &mac]));
+                    tx.delete(incarnation::phone_key(ds, &mac));
                     tx.emit(event(
                         &d,
                         Ek::Phone,
@@ -456,10 +472,7 @@ impl Directory {
                 }
                 tx.delete(k);
             }
-            if let Some(h) = tx.raw(&key(keys::WELCOME_BY_USER, &[ds, us]))? {
-                tx.delete(key(keys::WELCOME, &[&String::from_utf8_lossy(&h)]));
-                tx.delete(key(keys::WELCOME_BY_USER, &[ds, us]));
-            }
+            void_welcome(tx, &d, &id)?;
             for mut q in memberships(tx, &d, us)? {
                 q.agents.retain(|a| a.user != us);
                 q.supervisors.retain(|s| s != us);
@@ -511,6 +524,7 @@ impl Directory {
             }
             tx.delete(key(keys::OPTIONS, &[ds, us]));
             tx.delete(key(keys::CREDENTIALS, &[ds, us]));
+            tx.delete(incarnation::user_key(ds, us));
             tx.delete(key(keys::USER, &[ds, us]));
             tx.emit(event(
                 &d,

@@ -120,11 +120,49 @@ pub(crate) async fn check_event(
         return Err(rejected(RejectReason::Malformed, "invalid queue id"));
     }
     match acl.user_exists(d, u).await {
-        Ok(true) => Ok(ev),
-        Ok(false) => Err(rejected(
-            RejectReason::UnknownUser,
-            format!("user {u} not found in domain {d}"),
-        )),
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(rejected(
+                RejectReason::UnknownUser,
+                format!("user {u} not found in domain {d}"),
+            ));
+        }
+        Err(e) => return Err(rejected(RejectReason::Unspecified, e.to_string())),
+    }
+    // A logout only removes what a login added: always taken.
+    if let EventKind::QueueLogin {
+        queue,
+        logged_in: true,
+    } = &ev.kind
+    {
+        check_queue_agent(acl, d, u, queue).await?;
+    }
+    Ok(ev)
+}
+
+/// Refuses a queue login of `u` unless the directory lists `u` as an
+/// agent of queue `queue` of `d` (which also means its scope has the
+/// queue-login capability). An unknown queue, another tenant's queue and
+/// a queue `u` is not an agent of are refused alike.
+async fn check_queue_agent(
+    acl: &AclView,
+    d: &DomainId,
+    u: &UserId,
+    queue: &str,
+) -> Result<(), v1::PublishResult> {
+    let not_agent = || {
+        rejected(
+            RejectReason::NotPermitted,
+            format!("user {u} is not an agent of queue {queue}"),
+        )
+    };
+    let sel = v1::watch_request::Selector::Queue(queue.to_owned());
+    match acl
+        .resolve(d, u, &sel, presence_core::text::MAX_QUEUE_MEMBERS)
+        .await
+    {
+        Ok(agents) if agents.iter().any(|a| a == u.as_str()) => Ok(()),
+        Ok(_) | Err(ApiError::NotFound(_) | ApiError::PermissionDenied(_)) => Err(not_agent()),
         Err(e) => Err(rejected(RejectReason::Unspecified, e.to_string())),
     }
 }
@@ -513,7 +551,7 @@ impl Fanout {
             ));
         }
         let slot = self.inner.slots.take(
-            &p.describe(),
+            &p.limit_key(&d),
             self.inner.cfg.watch.max_streams_per_principal,
         )?;
         let targets = self.resolve_targets(&d, &watcher, &req).await?;

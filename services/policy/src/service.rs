@@ -690,6 +690,7 @@ impl Policy {
         let t = UserId::parse(&req.target)?;
         let r = prole(p, &d)?;
         let n = presence_directory::service::page_size(req.page_size);
+        presence_core::check_page_token(&req.page_token, UserId::parse)?;
         self.dir
             .read(move |s| {
                 s.domain(&d)?;
@@ -749,6 +750,7 @@ impl Policy {
         let w = UserId::parse(&req.watcher)?;
         let r = prole(p, &d)?;
         let n = presence_directory::service::page_size(req.page_size);
+        presence_core::check_page_token(&req.page_token, UserId::parse)?;
         self.dir
             .read(move |s| {
                 s.domain(&d)?;
@@ -1006,6 +1008,9 @@ pub fn resolve_selector(
         }
         S::Queue(q) => {
             let qid = UserId::parse(q)?;
+            if !presence_directory::queues::user_may_read_queue(store, d, watcher, &qid)? {
+                return Err(ApiError::denied(format!("not allowed to read queue {qid}")));
+            }
             store
                 .queue(d, &qid)?
                 .agents

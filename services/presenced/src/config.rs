@@ -71,6 +71,18 @@ pub struct Config {
     /// Replicas of the JetStream buckets and stream (1 for one
     /// nats-server; 3 for a three-node NATS cluster).
     pub jetstream_replicas: usize,
+    /// gRPC connections open at once; more are closed when accepted.
+    pub max_connections: usize,
+    /// Time a new connection has to send the HTTP/2 preface, ms.
+    pub handshake_timeout_ms: u64,
+    /// Time a request has to arrive and be answered (for Watch: until
+    /// the stream starts), seconds; a client's shorter `grpc-timeout`
+    /// wins.
+    pub request_timeout_secs: u64,
+    /// Password hashes computed at once (logins, password changes).
+    pub password_hash_concurrency: usize,
+    /// Password hashes waiting for a slot; beyond, `ResourceExhausted`.
+    pub password_hash_queue: usize,
 }
 
 impl Default for Config {
@@ -101,6 +113,11 @@ impl Default for Config {
             snapshot_interval_ms: 1_000,
             shard_log_max_age_secs: 3600,
             jetstream_replicas: 1,
+            max_connections: 10_000,
+            handshake_timeout_ms: 5_000,
+            request_timeout_secs: 30,
+            password_hash_concurrency: presence_directory::service::default_hash_concurrency(),
+            password_hash_queue: 32,
         }
     }
 }
@@ -132,6 +149,11 @@ pub const ENV_KEYS: &[&str] = &[
     "snapshot_interval_ms",
     "shard_log_max_age_secs",
     "jetstream_replicas",
+    "max_connections",
+    "handshake_timeout_ms",
+    "request_timeout_secs",
+    "password_hash_concurrency",
+    "password_hash_queue",
 ];
 
 /// Values given as command-line flags; unset ones do not override.
@@ -249,7 +271,7 @@ impl Config {
                     .into(),
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 12] = [
+        let ranges: [(&str, u64, u64, u64); 17] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -292,6 +314,26 @@ impl Config {
                 30 * 86_400,
             ),
             ("jetstream_replicas", self.jetstream_replicas as u64, 1, 5),
+            ("max_connections", self.max_connections as u64, 1, 1_000_000),
+            (
+                "handshake_timeout_ms",
+                self.handshake_timeout_ms,
+                100,
+                600_000,
+            ),
+            ("request_timeout_secs", self.request_timeout_secs, 1, 3600),
+            (
+                "password_hash_concurrency",
+                self.password_hash_concurrency as u64,
+                1,
+                256,
+            ),
+            (
+                "password_hash_queue",
+                self.password_hash_queue as u64,
+                0,
+                100_000,
+            ),
         ];
         for (name, v, lo, hi) in ranges {
             if v < lo || v > hi {

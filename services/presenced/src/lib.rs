@@ -4,11 +4,14 @@
 //! metrics and signals, then calls into this library:
 //! - [`config`]: defaults → TOML file → `PRESENCE_*` env → flags, validated
 //!   before anything binds;
+//! - [`incoming`]: admission of connections (slots, HTTP/2 preface
+//!   deadline) and the open-files limit;
 //! - [`server`]: builds storage, bus and services and serves them on a
 //!   listener it is given until a cancellation token fires;
 //! - [`telemetry`]: logging and the optional OTLP trace exporter.
 
 pub mod config;
+pub mod incoming;
 pub mod server;
 pub mod telemetry;
 

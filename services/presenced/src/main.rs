@@ -132,18 +132,32 @@ fn issue(cfg: &Config, args: &IssueArgs) -> ExitCode {
     let token = if args.admin {
         admin_token(&signer, &args.service, ttl)
     } else {
-        if let Err(e) = presence_auth::DomainSet::parse(&args.domains)
-            .and_then(|_| presence_auth::principal::parse_rights(&args.rights))
+        match presence_auth::DomainSet::parse(&args.domains)
+            .and_then(|d| presence_auth::principal::parse_rights(&args.rights).map(|_| d))
         {
-            eprintln!("presenced: {e}");
-            return ExitCode::from(64);
+            Err(e) => {
+                eprintln!("presenced: {e}");
+                return ExitCode::from(64);
+            }
+            // A token for named domains is bound to each domain's
+            // incarnation, which only the running directory knows.
+            Ok(presence_auth::DomainSet::Some(_)) => {
+                eprintln!(
+                    "presenced: tokens for named domains are bound to the domains' \
+                     incarnations: issue them through a running server \
+                     (presencectl token issue); offline issuance takes --domain '*' or --admin"
+                );
+                return ExitCode::from(64);
+            }
+            Ok(presence_auth::DomainSet::All) => {}
         }
         signer
             .issue(
                 presence_auth::token::Subject::Service {
                     name: args.service.clone(),
-                    domains: args.domains.clone(),
+                    domains: vec!["*".into()],
                     rights: args.rights.clone(),
+                    incs: Vec::new(),
                 },
                 ttl.as_millis() as i64,
             )
@@ -171,6 +185,10 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
             }
         });
         tracing::info!(%addr, "metrics on /metrics");
+    }
+    match presence_presenced::incoming::raise_fd_limit() {
+        Ok(n) => tracing::info!(limit = ?n, "open files limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr()?).await?;
     let server = Server::build(cfg).await?;

@@ -103,6 +103,7 @@ pub fn admin_token(signer: &TokenSigner, name: &str, ttl: Duration) -> String {
                 name: name.to_owned(),
                 domains: vec!["*".into()],
                 rights: vec![presence_auth::rights::ALL.into()],
+                incs: Vec::new(),
             },
             ttl.as_millis() as i64,
         )
@@ -136,6 +137,8 @@ impl Server {
         let dcfg = DirectoryConfig {
             session_ttl: Duration::from_secs(cfg.session_ttl_secs),
             welcome_ttl: Duration::from_secs(cfg.welcome_ttl_secs),
+            hash_concurrency: cfg.password_hash_concurrency,
+            hash_queue: cfg.password_hash_queue,
             ..DirectoryConfig::default()
         };
         let directory = Directory::new(store.clone(), bus.clone(), signer.clone(), dcfg)
@@ -143,8 +146,15 @@ impl Server {
         // The policy keeps its records in the directory store: its
         // cascades must run whatever roles this process serves.
         let policy = Policy::new(directory.clone(), PolicyConfig::default());
-        let interceptor =
-            AuthInterceptor::required(signer.clone(), Arc::new(StoreValidator::new(store.clone())));
+        // A node without the directory cannot tell a domain's current
+        // incarnation: it takes service tokens on their claims (closed
+        // when every node replicates the directory).
+        let validator = if cfg.has_role("directory") || cfg.has_role("policy") {
+            StoreValidator::new(store.clone())
+        } else {
+            StoreValidator::without_directory(store.clone())
+        };
+        let interceptor = AuthInterceptor::required(signer.clone(), Arc::new(validator));
         let bootstrap_token = bootstrap(&cfg, &store, &signer)?;
         Ok(Self {
             cfg,
@@ -197,6 +207,13 @@ impl Server {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         let mut router = tonic::transport::Server::builder()
+            // Bounds a request that sends headers and never its message
+            // (the timeout covers a call until its answer starts, so live
+            // Watch streams are not cut).
+            .timeout(Duration::from_secs(self.cfg.request_timeout_secs))
+            // Dead peers are found by pings, not only by TCP.
+            .http2_keepalive_interval(Some(Duration::from_secs(60)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(health)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -319,23 +336,30 @@ impl Server {
         let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
         let stop = shutdown.clone();
         let reporter2 = reporter.clone();
-        let serve = router.serve_with_incoming_shutdown(
-            // TCP_NODELAY: a stream's small state messages must leave at
-            // once; with Nagle's algorithm against the peer's delayed ACK
-            // they waited up to 40 ms (seen as the p99 of the load test).
-            tonic::transport::server::TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            async move {
-                stop.cancelled().await;
-                tracing::info!("shutting down: not serving, draining");
-                for s in SERVICES.iter().map(|(s, _)| *s).chain([""]) {
-                    reporter2
-                        .set_service_status(s, ServingStatus::NotServing)
-                        .await;
-                }
+        // Connections are admitted (slot, preface within a deadline) before
+        // the gRPC server sees them; TCP_NODELAY is set there: a stream's
+        // small state messages must leave at once (with Nagle's algorithm
+        // against the peer's delayed ACK they waited up to 40 ms).
+        let accept_stop = shutdown.child_token();
+        let accepting = tokio_util::task::TaskTracker::new();
+        let incoming = crate::incoming::admit(
+            listener,
+            crate::incoming::AdmissionConfig {
+                max_connections: self.cfg.max_connections,
+                handshake_timeout: Duration::from_millis(self.cfg.handshake_timeout_ms),
             },
+            accept_stop.clone(),
+            &accepting,
         );
+        let serve = router.serve_with_incoming_shutdown(incoming, async move {
+            stop.cancelled().await;
+            tracing::info!("shutting down: not serving, draining");
+            for s in SERVICES.iter().map(|(s, _)| *s).chain([""]) {
+                reporter2
+                    .set_service_status(s, ServingStatus::NotServing)
+                    .await;
+            }
+        });
         tokio::pin!(serve);
         tokio::select! {
             r = &mut serve => r.context("grpc server")?,
@@ -344,6 +368,10 @@ impl Server {
             }
         }
         shutdown.cancel();
+        accepting.close();
+        if tokio::time::timeout(grace, accepting.wait()).await.is_err() {
+            tracing::warn!("connection handshakes did not stop within the grace period");
+        }
         if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
             tracing::warn!("background tasks did not stop within the grace period");
         }

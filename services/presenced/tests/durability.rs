@@ -186,7 +186,7 @@ async fn test_token_issue_command_signs_with_the_data_dir_key() {
             "--service",
             "pbx",
             "--domain",
-            "acme",
+            "*",
             "--right",
             "directory.read",
         ])
@@ -214,6 +214,27 @@ async fn test_token_issue_command_signs_with_the_data_dir_key() {
         ),
         other => panic!("{other:?}"),
     }
+    // A token for a named domain must be bound to the domain's current
+    // incarnation, which only the running directory knows.
+    let named = Command::new(env!("CARGO_BIN_EXE_presenced"))
+        .args([
+            "token",
+            "issue",
+            "--domain",
+            "acme",
+            "--right",
+            "directory.read",
+        ])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .output()
+        .unwrap();
+    assert_eq!(named.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&named.stderr).contains("incarnation"),
+        "{}",
+        String::from_utf8_lossy(&named.stderr)
+    );
     let bad = Command::new(env!("CARGO_BIN_EXE_presenced"))
         .args(["token", "issue", "--domain", "acme", "--right", "root"])
         .arg("--data-dir")
