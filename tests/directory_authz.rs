@@ -40,6 +40,7 @@ const MATRIX: &[(&str, &str)] = &[
     ("list_phones_basic",   "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   ok"),
     ("get_queue",           "ok   ok  ok  ok  ok    PD    ok     PD       NF    UA   PD"),
     ("set_queue_members",   "ok   ok  ok  PD  PD    PD    PD     PD       NF    UA   PD"),
+    ("queue_add_branch",    "ok   ok  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
     ("agent_login",         "ok   ok  ok  ok  ok    PD    PD     PD       NF    UA   PD"),
     ("create_domain",       "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("delete_domain",       "ok   PD  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
@@ -62,6 +63,7 @@ async fn setup(sb: &Sandbox) -> Vec<PresenceClient> {
         ("agent", Scope::CallCenterAgent, "hq"),
         ("basic", Scope::BasicUser, "hq"),
         ("t-branch", Scope::BasicUser, "branch"),
+        ("agent-b", Scope::CallCenterAgent, "branch"),
     ];
     for (id, scope, s) in people {
         user(
@@ -135,6 +137,18 @@ async fn setup(sb: &Sandbox) -> Vec<PresenceClient> {
             .await;
         }
         domain(&mut a, &format!("scratch-{i}")).await;
+        // A queue of hq per principal, for adding a branch agent to it.
+        user(
+            &mut a,
+            "acme",
+            &format!("qx-{i}"),
+            NewUser {
+                kind: Some(UserKind::CallQueue),
+                site: "hq",
+                ..Default::default()
+            },
+        )
+        .await;
         site(&mut a, "acme", &format!("x-{i}")).await;
         a.directory
             .add_phone(v1::AddPhoneRequest {
@@ -367,6 +381,17 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
                 id: "q1".into(),
                 agents: vec!["agent".into()],
                 supervisors: vec!["sup".into()],
+                ..Default::default()
+            })
+            .await
+            .map(drop),
+        // A site manager of hq cannot reach a branch agent through a queue.
+        "queue_add_branch" => dir
+            .set_queue_members(v1::SetQueueMembersRequest {
+                domain: d(),
+                id: format!("qx-{i}"),
+                agents: vec!["agent".into(), "agent-b".into()],
+                supervisors: vec![],
                 ..Default::default()
             })
             .await

@@ -12,7 +12,7 @@
 use presence_client::PresenceClient;
 use presence_proto::v1::{self, Scope};
 use presence_tests::{
-    NewUser, Sandbox, assert_code, domain, phone_token, service_token, site, user,
+    NatsServer, NewUser, Sandbox, assert_code, domain, phone_token, service_token, site, user,
 };
 use tonic::Code;
 
@@ -460,4 +460,67 @@ async fn test_phone_token_for_another_user_is_refused() {
         })
         .await
         .unwrap();
+}
+
+/// A fanout-only node holds no directory: it asks policy nodes for a
+/// domain's incarnation before a service token acts there, so a gateway
+/// token of a deleted domain does not watch or publish for the tenant that
+/// created the domain again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_fanout_only_node_refuses_service_tokens_of_a_recreated_domain() {
+    let nats = NatsServer::start();
+    let a = Sandbox::start_with(nats.url()).await;
+    let key = a.data_dir().join("auth.key");
+    let b = Sandbox::start_tuned_with(nats.url(), |c| {
+        c.roles = vec!["fanout".into()];
+        c.auth_key_file = key.display().to_string();
+    })
+    .await;
+    setup(&a).await;
+    let mut admin = a.admin.clone();
+    let gw = service_token(
+        &mut admin,
+        "gateway",
+        &["reuse"],
+        &["presence.watch", "presence.publish"],
+    )
+    .await;
+    let watch = || v1::WatchRequest {
+        domain: "reuse".into(),
+        watcher: "dep".into(),
+        selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+            targets: vec!["dep".into()],
+        })),
+        ..Default::default()
+    };
+    let status = || v1::PublishRequest {
+        events: vec![v1::DeviceEvent {
+            domain: "reuse".into(),
+            user: "dep".into(),
+            device: "pbx-1".into(),
+            sequence: 1,
+            at_ms: 0,
+            kind: Some(v1::device_event::Kind::ManualStatus(v1::ManualStatus {
+                status: v1::UserStatus::Busy as i32,
+                message: String::new(),
+            })),
+        }],
+    };
+    let mut on_b = b.client(Some(&gw)).await;
+    on_b.presence.watch(watch()).await.unwrap();
+    recreate_domain(&mut admin).await;
+    assert_code(on_b.presence.watch(watch()).await.map(drop), Code::NotFound);
+    let r = on_b.presence.publish(status()).await.unwrap().into_inner();
+    assert_eq!(
+        (r.results[0].accepted, r.results[0].reason),
+        (false, v1::RejectReason::NotPermitted as i32),
+        "{}",
+        r.results[0].detail
+    );
+    // A token issued for the new tenant works on the same node.
+    let fresh = service_token(&mut admin, "gateway", &["reuse"], &["presence.watch"]).await;
+    let mut fresh_b = b.client(Some(&fresh)).await;
+    fresh_b.presence.watch(watch()).await.unwrap();
+    b.stop().await;
+    a.stop().await;
 }

@@ -799,3 +799,22 @@ async fn test_dns_names_are_unique_across_domains() {
         Code::NotFound,
     );
 }
+
+#[tokio::test]
+async fn test_a_message_over_the_size_limit_is_resource_exhausted() {
+    let sb = Sandbox::start().await;
+    world(&sb).await;
+    let mut a = sb.admin.clone();
+    let r = a
+        .directory
+        .list_users(v1::ListUsersRequest {
+            domain: "acme".into(),
+            search: "x".repeat(5 << 20),
+            ..Default::default()
+        })
+        .await;
+    let m = assert_code(r, Code::ResourceExhausted);
+    assert!(m.contains("too large"), "{m}");
+    // The connection still serves.
+    assert_eq!(search(&mut a, "kim").await, vec!["kim".to_string()]);
+}

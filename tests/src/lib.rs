@@ -48,11 +48,23 @@ impl Sandbox {
     /// Starts an embedded server whose configuration `tune` adjusts
     /// (limits, timeouts) after the sandbox's own settings.
     pub async fn start_tuned(tune: impl FnOnce(&mut Config)) -> Self {
+        Self::start_tuned_with("", tune).await
+    }
+
+    /// Starts a server on `nats_url` ("" = in-process bus) whose
+    /// configuration `tune` adjusts (roles, key file, limits).
+    pub async fn start_tuned_with(nats_url: &str, tune: impl FnOnce(&mut Config)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
-        let mut s = Self::start_in_with(&dir, "", tune).await;
+        let mut s = Self::start_in_with(&dir, nats_url, tune).await;
         s._tmp = Some(tmp);
         s
+    }
+
+    /// Returns the server's data directory (its signing key is
+    /// `auth.key` there).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     async fn start_in(dir: &Path, nats_url: &str) -> Self {

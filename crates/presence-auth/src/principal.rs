@@ -112,6 +112,11 @@ pub enum Principal {
         domains: DomainSet,
         /// Rights held.
         rights: Vec<String>,
+        /// Domain incarnations the token claims that the validating node
+        /// could not check (it holds no directory): a service acting on
+        /// such a domain must check them first (the fanout does, through
+        /// its ACL view). Empty when every claim was checked.
+        unchecked: Vec<(DomainId, u64)>,
     },
 }
 
@@ -208,6 +213,7 @@ impl Principal {
                 name,
                 domains,
                 rights,
+                ..
             } => v1::principal::Kind::Service(v1::ServicePrincipal {
                 name: name.clone(),
                 domains: domains.to_strings(),
@@ -248,6 +254,7 @@ mod tests {
             name: "pbx".into(),
             domains: DomainSet::Some(vec![d("acme")]),
             rights: vec![rights::DIRECTORY_READ.into()],
+            unchecked: Vec::new(),
         };
         assert!(p.has_right(&d("acme"), rights::DIRECTORY_READ));
         assert!(!p.has_right(&d("acme"), rights::DIRECTORY_WRITE));
@@ -265,6 +272,7 @@ mod tests {
             name: "globex-phone-gw".into(),
             domains: DomainSet::Some(ds.iter().map(|x| d(x)).collect()),
             rights: vec![rights::PRESENCE_WATCH.into()],
+            unchecked: Vec::new(),
         };
         let acme = svc(&["acme"]).limit_key(&d("acme"));
         let globex = svc(&["globex"]).limit_key(&d("globex"));
@@ -285,6 +293,7 @@ mod tests {
             name: "admin".into(),
             domains: DomainSet::All,
             rights: vec![rights::ALL.into()],
+            unchecked: Vec::new(),
         };
         assert!(p.has_global_right(rights::DOMAINS_ADMIN));
         assert!(p.has_right(&d("any"), rights::DIRECTORY_WRITE));

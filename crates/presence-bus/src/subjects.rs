@@ -75,7 +75,13 @@ pub fn policy_resolve(domain: &DomainId) -> String {
     format!("{PREFIX}.policy.resolve.{domain}")
 }
 
-/// Pattern matching every policy request (checks and resolutions):
+/// A domain's current incarnation, answered by policy nodes:
+/// `presence.v1.policy.domain.<domain>`.
+pub fn policy_domain(domain: &DomainId) -> String {
+    format!("{PREFIX}.policy.domain.{domain}")
+}
+
+/// Pattern matching every policy request (checks, resolutions, domains):
 /// `presence.v1.policy.*.*`.
 pub fn policy_check_all() -> String {
     format!("{PREFIX}.policy.*.*")
@@ -104,6 +110,7 @@ mod tests {
             shard_get(7),
             node_results("node-1"),
             policy_resolve(&d),
+            policy_domain(&d),
         ] {
             assert!(valid_subject(&s), "{s}");
         }
@@ -115,6 +122,7 @@ mod tests {
         assert!(matches(&acl_all(), &acl(&d)));
         assert!(!matches(&directory_all(), &acl(&d)));
         assert!(matches(&policy_check_all(), &policy_resolve(&d)));
+        assert!(matches(&policy_check_all(), &policy_domain(&d)));
         assert_eq!(directory(&d), "presence.v1.dir.acme");
         Ok(())
     }

@@ -463,9 +463,10 @@ impl StoreValidator {
     }
 
     /// Returns a validator for a node that does not hold the directory
-    /// (a fanout-only node): it accepts service tokens on their claims,
-    /// without checking their domains' incarnations, and refuses user and
-    /// phone tokens (which only the directory can check).
+    /// (a fanout-only node): it cannot read domains' incarnations, so a
+    /// service principal carries its token's claims in `unchecked` for
+    /// the service acting on a domain to check (the fanout asks policy
+    /// nodes); user and phone tokens find no record and are refused.
     pub fn without_directory(store: Arc<Store>) -> Self {
         Self {
             store,
@@ -538,11 +539,21 @@ impl SessionValidator for StoreValidator {
                 incs,
             } => {
                 let set = DomainSet::parse(domains).map_err(|_| expired())?;
+                let mut unchecked = Vec::new();
                 let set = match set {
                     DomainSet::Some(ds) if self.holds_directory => {
                         DomainSet::Some(live_domains(self.store.as_ref(), ds, incs)?)
                     }
-                    other => other,
+                    DomainSet::Some(ds) => {
+                        // Checked later by whoever acts on a domain.
+                        unchecked = ds
+                            .iter()
+                            .enumerate()
+                            .map(|(i, d)| (d.clone(), incs.get(i).copied().unwrap_or(0)))
+                            .collect();
+                        DomainSet::Some(ds)
+                    }
+                    DomainSet::All => DomainSet::All,
                 };
                 if matches!(&set, DomainSet::Some(ds) if ds.is_empty()) {
                     return Err(ApiError::Unauthenticated(
@@ -553,6 +564,7 @@ impl SessionValidator for StoreValidator {
                     name: name.clone(),
                     domains: set,
                     rights: rights.clone(),
+                    unchecked,
                 })
             }
         }

@@ -79,6 +79,7 @@ async fn test_never_reading_watcher_is_coalesced_and_slows_nobody() {
         name: "t".into(),
         domains: DomainSet::All,
         rights: vec![rights::ALL.into()],
+        unchecked: Vec::new(),
     };
     dir.create_domain(
         &admin,

@@ -4,7 +4,9 @@
 //! several policy nodes share the load), and [`crate::AclView::remote`]
 //! asks them on cache misses. The same responders resolve watch
 //! selectors (`presence.v1.policy.resolve.<domain>`, a `WatchRequest`
-//! answered with a `ResolveReply`).
+//! answered with a `ResolveReply`) and tell a domain's incarnation
+//! (`presence.v1.policy.domain.<domain>`, answered with a `DomainReply`),
+//! with which fanout-only nodes check service tokens.
 
 use crate::service::{Question, evaluate};
 use presence_bus::{BusMessage, SharedBus, subjects};
@@ -25,6 +27,7 @@ pub const MAX_TARGETS: usize = 5000;
 enum Asked {
     Check(Question),
     Resolve,
+    Domain,
 }
 
 /// Parses `presence.v1.policy.<what>.<domain>`.
@@ -36,6 +39,7 @@ fn parse_subject(s: &str) -> ApiResult<(Asked, DomainId)> {
                 "see" => Asked::Check(Question::See),
                 "pickup" => Asked::Check(Question::Pickup),
                 "resolve" => Asked::Resolve,
+                "domain" => Asked::Domain,
                 other => return Err(ApiError::invalid(format!("unknown question {other:?}"))),
             };
             Ok((q, DomainId::parse(d)?))
@@ -51,6 +55,21 @@ fn failed(e: &ApiError) -> (String, String) {
 /// Answers one request with the encoded reply.
 fn answer(store: &Store, m: &BusMessage) -> Vec<u8> {
     match parse_subject(&m.subject) {
+        Ok((Asked::Domain, d)) => match domain_incarnation(store, &d) {
+            Ok(incarnation) => v1::DomainReply {
+                incarnation,
+                ..Default::default()
+            },
+            Err(e) => {
+                let (error_code, error_message) = failed(&e);
+                v1::DomainReply {
+                    incarnation: 0,
+                    error_code,
+                    error_message,
+                }
+            }
+        }
+        .encode_to_vec(),
         Ok((Asked::Resolve, d)) => match resolve_here(store, &d, m) {
             Ok(targets) => v1::ResolveReply {
                 targets,
@@ -68,7 +87,7 @@ fn answer(store: &Store, m: &BusMessage) -> Vec<u8> {
         .encode_to_vec(),
         checked => match checked.and_then(|(a, d)| match a {
             Asked::Check(q) => check_here(store, q, &d, m),
-            Asked::Resolve => Err(ApiError::invalid("not a check")),
+            Asked::Resolve | Asked::Domain => Err(ApiError::invalid("not a check")),
         }) {
             Ok(r) => v1::CheckReply {
                 response: Some(r),
@@ -85,6 +104,14 @@ fn answer(store: &Store, m: &BusMessage) -> Vec<u8> {
         }
         .encode_to_vec(),
     }
+}
+
+/// Returns the current incarnation of domain `d` (`NotFound` when it
+/// does not exist).
+pub fn domain_incarnation(store: &Store, d: &DomainId) -> ApiResult<u64> {
+    use presence_directory::records::{Read, incarnation};
+    store.domain(d)?;
+    store.incarnation(&incarnation::domain_key(d.as_str()))
 }
 
 fn resolve_here(store: &Store, d: &DomainId, m: &BusMessage) -> ApiResult<Vec<String>> {
@@ -191,6 +218,27 @@ pub async fn ask(
             &reply.error_code,
             reply.error_message,
         )),
+    }
+}
+
+/// Asks a policy node for domain `d`'s current incarnation.
+pub async fn ask_domain(
+    bus: &SharedBus,
+    d: &DomainId,
+    timeout: std::time::Duration,
+) -> ApiResult<u64> {
+    let bytes = bus
+        .request(subjects::policy_domain(d), Default::default(), timeout)
+        .await?;
+    let reply = v1::DomainReply::decode(bytes)
+        .map_err(|e| ApiError::Internal(format!("malformed domain reply: {e}")))?;
+    if reply.error_code.is_empty() {
+        Ok(reply.incarnation)
+    } else {
+        Err(ApiError::from_code_name(
+            &reply.error_code,
+            reply.error_message,
+        ))
     }
 }
 

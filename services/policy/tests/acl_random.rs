@@ -52,6 +52,7 @@ fn admin() -> Principal {
         name: "test".into(),
         domains: DomainSet::All,
         rights: vec![rights::ALL.into()],
+        unchecked: Vec::new(),
     }
 }
 

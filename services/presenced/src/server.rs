@@ -214,6 +214,9 @@ impl Server {
             // Dead peers are found by pings, not only by TCP.
             .http2_keepalive_interval(Some(Duration::from_secs(60)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .layer(tower::util::MapResponseLayer::new(
+                oversized_is_resource_exhausted,
+            ))
             .add_service(health)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -412,6 +415,26 @@ impl Server {
         };
         f
     }
+}
+
+/// Answers a request message over the size limit with
+/// `RESOURCE_EXHAUSTED`, as the gRPC status codes specify and docs/api.md
+/// documents (tonic's decoder answers `OUT_OF_RANGE`).
+fn oversized_is_resource_exhausted(
+    mut resp: http::Response<tonic::body::Body>,
+) -> http::Response<tonic::body::Body> {
+    let h = resp.headers_mut();
+    let oversized = h.get("grpc-status").is_some_and(|v| v == "11")
+        && h.get("grpc-message")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|m| {
+                m.contains("decoded%20message%20length%20too%20large")
+                    || m.contains("decoded message length too large")
+            });
+    if oversized {
+        h.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    resp
 }
 
 /// On the first start of a data dir, writes a deployment-wide admin token
