@@ -209,6 +209,25 @@ mod tests {
     }
 
     #[test]
+    fn test_claims_of_earlier_tokens_read_as_incarnation_zero() {
+        let json =
+            r#"{"sub":{"kind":"user","domain":"acme","user":"1001","epoch":3},"iat":1,"exp":2}"#;
+        let c: Claims = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            c.sub,
+            Subject::User {
+                domain: "acme".into(),
+                user: "1001".into(),
+                epoch: 3,
+                inc: 0
+            }
+        );
+        let json = r#"{"sub":{"kind":"service","name":"pbx","domains":["acme"],"rights":["*"]},"iat":1,"exp":2}"#;
+        let c: Claims = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}"));
+        assert!(matches!(c.sub, Subject::Service { incs, .. } if incs.is_empty()));
+    }
+
+    #[test]
     fn test_short_keys_are_refused() {
         assert!(TokenSigner::new(vec![0; 16]).is_err());
     }

@@ -331,6 +331,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn test_phones_of_earlier_stores_move_to_per_domain_keys() -> ApiResult<()> {
+        let dir = tempfile::tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let phone = |d: &str| v1::Phone {
+            mac: "0004f2aabbcc".into(),
+            domain: d.into(),
+            user: "1001".into(),
+            ..Default::default()
+        };
+        {
+            let store = Store::open(dir.path())?;
+            store.write(|tx| {
+                // As earlier versions stored it: by MAC alone.
+                tx.put(keys::key(keys::PHONE, &["0004f2aabbcc"]), &phone("acme"));
+                Ok(())
+            })?;
+        }
+        let store = Store::open(dir.path())?;
+        let moved: Option<v1::Phone> =
+            store.get(&keys::key(keys::PHONE, &["acme", "0004f2aabbcc"]))?;
+        assert_eq!(moved, Some(phone("acme")));
+        assert!(
+            store
+                .get_raw(&keys::key(keys::PHONE, &["0004f2aabbcc"]))?
+                .is_none()
+        );
+        // Opening again changes nothing.
+        let seq = store.sequence()?;
+        drop(store);
+        let store = Store::open(dir.path())?;
+        assert_eq!(store.sequence()?, seq);
+        Ok(())
+    }
+
+    #[test]
     fn test_tx_reads_own_writes_and_commits_atomically() -> ApiResult<()> {
         let dir = tempfile::tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
         let store = Store::open(dir.path())?;
