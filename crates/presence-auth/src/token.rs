@@ -118,6 +118,21 @@ impl TokenSigner {
         Ok(Self { key })
     }
 
+    /// Returns a short fingerprint of the key (16 hex digits of a
+    /// SHA-256 over a fixed label and the key): equal on nodes that share
+    /// the key, useless for forging tokens.
+    pub fn fingerprint(&self) -> String {
+        use sha2::Digest as _;
+        let mut h = Sha256::new();
+        h.update(b"presence signing key fingerprint\0");
+        h.update(&self.key);
+        h.finalize()
+            .iter()
+            .take(8)
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
     /// Returns a fresh random key.
     pub fn generate_key() -> Vec<u8> {
         random_bytes(KEY_LEN)

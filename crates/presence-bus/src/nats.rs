@@ -39,8 +39,10 @@ impl NatsBus {
         // `nats://user:password@host` and `nats://token@host` are applied
         // here.
         let mut opts = async_nats::ConnectOptions::new();
-        let first = cfg.url.split(',').next().unwrap_or_default().trim();
-        if let Ok(addr) = first.parse::<async_nats::ServerAddr>() {
+        // A comma-separated list of seed servers: async-nats takes a list
+        // of addresses, not one string with commas in it.
+        let servers = parse_servers(&cfg.url)?;
+        if let Some(addr) = servers.first() {
             match (addr.username(), addr.password()) {
                 (Some(u), Some(p)) => {
                     opts = opts.user_and_password(u.to_owned(), p.to_owned());
@@ -65,7 +67,7 @@ impl NatsBus {
                     }
                 }
             })
-            .connect(cfg.url.as_str())
+            .connect(servers)
             .await
             .map_err(|e| BusError::Unavailable(format!("connect to {}: {e}", cfg.url)))?;
         Ok(Self { client, reconnects })
@@ -75,6 +77,24 @@ impl NatsBus {
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
+}
+
+/// Parses `nats://a:4222,nats://b:4222,…` (or `host:port` items) into
+/// server addresses; a malformed item is named in the error.
+pub fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::Unavailable(format!("invalid NATS server URL {s:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if servers.is_empty() {
+        return Err(BusError::Unavailable("no NATS server URL given".into()));
+    }
+    Ok(servers)
 }
 
 fn map_sub(sub: async_nats::Subscriber) -> BusSubscription {

@@ -178,7 +178,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// created directly with the KV layout (ADR-8) because async-nats'
 /// `create_key_value` first reads account info in a shape nats-server
 /// 2.9 does not send.
-async fn bucket(
+pub async fn bucket(
     js: &jetstream::Context,
     name: &str,
     max_age: Duration,

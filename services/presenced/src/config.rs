@@ -233,16 +233,13 @@ impl Config {
                 )));
             }
         }
-        if !self.nats_url.is_empty()
-            && !self
-                .nats_url
-                .split(',')
-                .all(|u| u.starts_with("nats://") || u.starts_with("tls://") || u.contains(':'))
-        {
-            return Err(ConfigError(format!(
-                "nats_url {:?} is not a NATS URL",
-                self.nats_url
-            )));
+        if !self.nats_url.is_empty() {
+            presence_bus::nats::parse_servers(&self.nats_url).map_err(|e| {
+                ConfigError(format!(
+                    "nats_url {:?} is not a list of NATS URLs: {e}",
+                    self.nats_url
+                ))
+            })?;
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError(format!(

@@ -4,6 +4,8 @@
 //! metrics and signals, then calls into this library:
 //! - [`config`]: defaults → TOML file → `PRESENCE_*` env → flags, validated
 //!   before anything binds;
+//! - [`deployment`]: what every node over NATS must share (JetStream,
+//!   recorded settings), checked before serving;
 //! - [`incoming`]: admission of connections (slots, HTTP/2 preface
 //!   deadline) and the open-files limit;
 //! - [`server`]: builds storage, bus and services and serves them on a
@@ -11,6 +13,7 @@
 //! - [`telemetry`]: logging and the optional OTLP trace exporter.
 
 pub mod config;
+pub mod deployment;
 pub mod incoming;
 pub mod server;
 pub mod telemetry;

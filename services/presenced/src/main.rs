@@ -113,6 +113,11 @@ fn main() -> ExitCode {
     rt.shutdown_timeout(Duration::from_secs(5));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // A node configured unlike its deployment: a configuration error.
+        Err(e) if e.is::<presence_presenced::deployment::Mismatch>() => {
+            eprintln!("presenced: invalid configuration: {e:#}");
+            ExitCode::from(64)
+        }
         Err(e) => {
             eprintln!("presenced: {e:#}");
             ExitCode::FAILURE

@@ -127,6 +127,13 @@ impl Server {
             };
             let nb = NatsBus::connect(&nc).await?;
             let client = nb.client().clone();
+            crate::deployment::require_jetstream(&client, Duration::from_secs(5)).await?;
+            crate::deployment::check_settings(
+                &client,
+                &crate::deployment::Settings::of(&cfg, &signer),
+                cfg.jetstream_replicas,
+            )
+            .await?;
             (Arc::new(nb), Some(client))
         };
         let store_dir = cfg.data_dir.join("directory");
