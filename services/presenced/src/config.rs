@@ -340,11 +340,20 @@ impl Config {
         Ok(())
     }
 
-    /// Returns the node id: the configured one or `<hostname>-<pid>`
-    /// (reduced to `[A-Za-z0-9_-]`).
-    pub fn node_id(&self) -> String {
+    /// Returns the node id: the configured one, else the one kept in
+    /// `<data_dir>/node-id`, else a new `<hostname>-<random>` written
+    /// there. A restarted node thus keeps its identity and takes its own
+    /// shard leases back at once instead of waiting for them to expire.
+    pub fn node_id(&self) -> std::io::Result<String> {
         if !self.node_id.is_empty() {
-            return self.node_id.clone();
+            return Ok(self.node_id.clone());
+        }
+        let path = self.data_dir.join("node-id");
+        if let Ok(id) = std::fs::read_to_string(&path) {
+            let id = id.trim();
+            if presence_fanout::cluster::valid_node_id(id) {
+                return Ok(id.to_owned());
+            }
         }
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "node".into());
         let host: String = host
@@ -360,7 +369,16 @@ impl Config {
             .take(40)
             .collect();
         let host = if host.is_empty() { "node".into() } else { host };
-        format!("{host}-{}", std::process::id())
+        let suffix: String = presence_auth::token::random_bytes(4)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let id = format!("{host}-{suffix}");
+        std::fs::create_dir_all(&self.data_dir)?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, format!("{id}\n"))?;
+        std::fs::rename(&tmp, &path)?;
+        Ok(id)
     }
 
     /// Returns the parsed listen address.

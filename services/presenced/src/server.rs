@@ -112,9 +112,13 @@ pub fn admin_token(signer: &TokenSigner, name: &str, ttl: Duration) -> String {
 
 impl Server {
     /// Opens storage, connects the bus and builds the services.
-    pub async fn build(cfg: Config) -> anyhow::Result<Self> {
+    pub async fn build(mut cfg: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+        if !cfg.nats_url.is_empty() {
+            // A stable identity across restarts (kept in the data dir).
+            cfg.node_id = cfg.node_id().context("node id")?;
+        }
         let signer = load_or_create_key(&cfg)?;
         let (bus, nats): (SharedBus, _) = if cfg.nats_url.is_empty() {
             (Arc::new(InProcessBus::new(cfg.bus_capacity)), None)
@@ -413,7 +417,7 @@ impl Server {
             burst: c.device_rate_burst,
         };
         f.cluster = presence_fanout::cluster::ClusterConfig {
-            node_id: c.node_id(),
+            node_id: c.node_id.clone(),
             lease_ttl: Duration::from_millis(c.lease_ttl_ms),
             snapshot_interval: Duration::from_millis(c.snapshot_interval_ms),
             input_max_age: Duration::from_secs(c.shard_log_max_age_secs),

@@ -151,3 +151,94 @@ fn test_a_list_of_seed_servers_connects_through_a_live_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_restarted_node_keeps_its_identity_and_takes_its_shards_back_at_once() {
+    use presence_proto::v1;
+    let nats = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let start = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+            .arg("--data-dir")
+            .arg(dir.join("a"))
+            .args(["--nats-url", nats.url()])
+            // Leases outliving the test: only taking them back works.
+            .env("PRESENCE_LEASE_TTL_MS", "600000")
+            .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1");
+        spawn_ready(cmd, &dir.join("a.ready"), "node a")
+    };
+    let (first, url) = start();
+    let id = std::fs::read_to_string(dir.join("a/node-id")).unwrap();
+    assert!(!id.trim().is_empty());
+    let token = std::fs::read_to_string(dir.join("a/bootstrap-admin.token")).unwrap();
+    let mut admin = presence_client::connect(&url, Some(token.trim()))
+        .await
+        .unwrap();
+    admin
+        .directory
+        .create_domain(v1::CreateDomainRequest {
+            id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    admin
+        .directory
+        .create_user(v1::CreateUserRequest {
+            domain: "acme".into(),
+            id: "1001".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let r = admin
+        .presence
+        .publish(v1::PublishRequest {
+            events: vec![v1::DeviceEvent {
+                domain: "acme".into(),
+                user: "1001".into(),
+                device: "d1".into(),
+                sequence: 1,
+                at_ms: 0,
+                kind: Some(v1::device_event::Kind::Registration(v1::Registration {
+                    expires_seconds: 3600,
+                })),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.results[0].accepted, "{}", r.results[0].detail);
+    drop(first); // SIGKILL: its leases stay in the bucket for ten minutes
+    let (_second, url) = start();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a/node-id")).unwrap(),
+        id,
+        "the node id is kept across restarts"
+    );
+    let mut admin = presence_client::connect(&url, Some(token.trim()))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(v1::GetPresenceRequest {
+        domain: "acme".into(),
+        targets: vec!["1001".into()],
+    });
+    // Far below the lease lifetime: answered only if the node took its
+    // own leases back instead of waiting for them to expire.
+    req.set_timeout(Duration::from_secs(30));
+    let states = admin
+        .presence
+        .get_presence(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .states;
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        states[0].presence,
+        v1::PresenceStatus::Available as i32,
+        "the registration survived the restart"
+    );
+}
