@@ -2,7 +2,8 @@
 //!
 //! [`NatsServer`] starts a real `nats-server` (with JetStream) on a random
 //! loopback port, waits until it has written its ports file, and kills it
-//! on drop. The binary is taken from `NATS_SERVER_BIN` or `PATH`
+//! on drop. [`NatsCluster`] starts three of them routed into one
+//! JetStream cluster, for replicated streams and buckets (R3). The binary is taken from `NATS_SERVER_BIN` or `PATH`
 //! (Debian's `nats-server` package; the README's test command installs
 //! it).
 
@@ -148,6 +149,189 @@ fn spawn(dir: &Path, port: u16) -> (Child, String) {
             panic!("nats-server did not start within 20s");
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Three nats-servers on loopback forming one JetStream cluster; each is
+/// killed on drop.
+pub struct NatsCluster {
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+}
+
+struct ClusterNode {
+    child: Option<Child>,
+    client_port: u16,
+}
+
+fn free_port() -> u16 {
+    match std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()) {
+        Ok(a) => a.port(),
+        Err(e) => panic!("no free port: {e}"),
+    }
+}
+
+impl NatsCluster {
+    /// Starts three routed servers with JetStream and waits until the
+    /// cluster's JetStream answers on every server (a meta leader is
+    /// elected).
+    pub fn start() -> Self {
+        let dir = match tempfile::tempdir() {
+            Ok(d) => d,
+            Err(e) => panic!("tempdir: {e}"),
+        };
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list: Vec<String> = routes
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        for i in 0..3 {
+            let conf = format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n\
+                 cluster {{\n  name: presence-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                clients[i],
+                dir.path().join(format!("js{i}")).display().to_string(),
+                routes[i],
+                route_list.join(", ")
+            );
+            if let Err(e) = std::fs::write(dir.path().join(format!("n{i}.conf")), conf) {
+                panic!("write n{i}.conf: {e}");
+            }
+        }
+        let mut c = Self {
+            nodes: clients
+                .into_iter()
+                .map(|client_port| ClusterNode {
+                    child: None,
+                    client_port,
+                })
+                .collect(),
+            dir,
+        };
+        for i in 0..3 {
+            c.spawn_node(i);
+        }
+        for i in 0..3 {
+            c.wait_jetstream(i);
+        }
+        c
+    }
+
+    fn spawn_node(&mut self, i: usize) {
+        let conf = self.dir.path().join(format!("n{i}.conf"));
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {} ({e})", binary()));
+        self.nodes[i].child = Some(child);
+    }
+
+    /// Waits until server `i` answers JetStream API requests.
+    fn wait_jetstream(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !js_answers(self.nodes[i].client_port) {
+            assert!(
+                Instant::now() < deadline,
+                "JetStream of cluster node {i} did not come up within 60s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Returns server `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+    }
+
+    /// Returns every server's URL, comma separated (a seed list).
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills server `i` with SIGKILL.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts server `i` again (same ports and storage) and waits for its
+    /// JetStream.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn_node(i);
+        self.wait_jetstream(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// Asks `$JS.API.INFO` over a raw NATS connection: whether JetStream
+/// answers with account information (not an error, not silence).
+fn js_answers(port: u16) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if s.set_read_timeout(Some(Duration::from_secs(2))).is_err() {
+        return false;
+    }
+    let Ok(mut w) = s.try_clone() else {
+        return false;
+    };
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    if r.read_line(&mut line).is_err() || !line.starts_with("INFO") {
+        return false;
+    }
+    let hello = "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
+                 SUB _T.js 1\r\nPUB $JS.API.INFO _T.js 0\r\n\r\n";
+    if w.write_all(hello.as_bytes()).is_err() {
+        return false;
+    }
+    loop {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => return false,
+            Ok(_) => {}
+        }
+        if line.starts_with("PING") {
+            let _ = w.write_all(b"PONG\r\n");
+            continue;
+        }
+        // MSG <subject> <sid> <bytes>; HMSG is the no-responders status.
+        if line.starts_with("HMSG") || line.starts_with("-ERR") {
+            return false;
+        }
+        if let Some(rest) = line.strip_prefix("MSG ") {
+            let Some(n) = rest
+                .split_whitespace()
+                .last()
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
+                return false;
+            };
+            let mut body = vec![0u8; n + 2];
+            if std::io::Read::read_exact(&mut r, &mut body).is_err() {
+                return false;
+            }
+            let text = String::from_utf8_lossy(&body);
+            return !text.contains("\"error\"");
+        }
     }
 }
 

@@ -55,6 +55,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::lease::{CasBucket, CasError};
 use async_nats::jetstream::{self, consumer, kv, stream};
 
 /// KV bucket of live fanout nodes.
@@ -148,7 +149,9 @@ pub struct Cluster {
     client: async_nats::Client,
     js: jetstream::Context,
     nodes: kv::Store,
-    leases: kv::Store,
+    /// Shard leases: every write is a compare-and-set safe on replicated
+    /// buckets of nats-server 2.9 (see [`crate::lease`]).
+    leases: CasBucket,
     states: kv::Store,
     ingest: stream::Stream,
     /// Sequence of the last log message the reader handed out.
@@ -270,7 +273,8 @@ impl Cluster {
         let js = jetstream::new(client.clone());
         let replicas = cfg.replicas.max(1);
         let nodes = bucket(&js, NODES_BUCKET, cfg.lease_ttl, replicas).await?;
-        let leases = bucket(&js, LEASES_BUCKET, cfg.lease_ttl, replicas).await?;
+        bucket(&js, LEASES_BUCKET, cfg.lease_ttl, replicas).await?;
+        let leases = CasBucket::new(js.clone(), LEASES_BUCKET);
         let states = bucket(&js, STATES_BUCKET, Duration::ZERO, replicas).await?;
         let ingest = js
             .get_or_create_stream(stream::Config {
@@ -527,7 +531,7 @@ impl Cluster {
                 Some((rev, renewed_at, false)) => {
                     match self
                         .leases
-                        .update(lease_key(n), Bytes::from(me.clone()), rev)
+                        .cas(&lease_key(n), Some(Bytes::from(me.clone())), Some(rev))
                         .await
                     {
                         Ok(r) => {
@@ -536,7 +540,7 @@ impl Cluster {
                                 o.renewed_at = tokio::time::Instant::now();
                             }
                         }
-                        Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                        Err(CasError::Lost) => {
                             tracing::warn!(shard = n, "lease taken by another node; shard stopped");
                             self.stop(n, false).await;
                         }
@@ -566,22 +570,22 @@ impl Cluster {
     /// Takes shard `n`'s lease: free, or still naming this node from an
     /// earlier run with the same node id (no task of ours runs it).
     async fn try_lease(&self, n: usize, me: &str) -> Option<u64> {
+        let key = lease_key(n);
+        let expected = match self.leases.latest(&key).await {
+            Ok(None) => None,
+            Ok(Some((rev, holder))) if holder.as_ref() == me.as_bytes() => Some(rev),
+            Ok(Some(_)) => return None,
+            Err(e) => {
+                tracing::debug!(shard = n, error = %e, "lease not read");
+                return None;
+            }
+        };
         match self
             .leases
-            .create(lease_key(n), Bytes::from(me.to_owned()))
+            .cas(&key, Some(Bytes::from(me.to_owned())), expected)
             .await
         {
             Ok(rev) => Some(rev),
-            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                let entry = self.leases.entry(lease_key(n)).await.ok()??;
-                if entry.operation != kv::Operation::Put || entry.value.as_ref() != me.as_bytes() {
-                    return None;
-                }
-                self.leases
-                    .update(lease_key(n), Bytes::from(me.to_owned()), entry.revision)
-                    .await
-                    .ok()
-            }
             Err(e) => {
                 tracing::debug!(shard = n, error = %e, "lease not taken");
                 None
@@ -608,11 +612,7 @@ impl Cluster {
     /// preferred node takes it at its next step.
     async fn release(&self, n: usize, graceful: bool) {
         if let Some(rev) = self.stop(n, graceful).await {
-            if let Err(e) = self
-                .leases
-                .delete_expect_revision(lease_key(n), Some(rev))
-                .await
-            {
+            if let Err(e) = self.leases.cas(&lease_key(n), None, Some(rev)).await {
                 tracing::debug!(shard = n, error = %e, "lease not released (expired or taken)");
             }
             tracing::info!(shard = n, graceful, "shard released");

@@ -10,11 +10,16 @@
 //! - [`watch`]: the node's hub, per-stream coalescing mailboxes and the
 //!   stream task (snapshot, updates, denied / revoked / granted,
 //!   heartbeats, resume);
+//! - [`cluster`]: shards owned across nodes (leases, ingest log,
+//!   snapshots);
+//! - [`lease`]: compare-and-set on KV that holds on replicated buckets of
+//!   every server version (the leases' writes);
 //! - [`grpc`]: the tonic adapter.
 
 pub mod cluster;
 pub mod convert;
 pub mod grpc;
+pub mod lease;
 pub mod service;
 pub mod shard;
 pub mod watch;
