@@ -212,41 +212,27 @@ async fn test_stream_limits_do_not_cross_tenants() {
     let squatter = service_token(&mut a, "globex-phone-gw", &["acme"], &["presence.watch"]).await;
     let real = service_token(&mut a, "globex-phone-gw", &["globex"], &["presence.watch"]).await;
     let mut sq = sb.client(Some(&squatter)).await;
+    let mut gw = sb.client(Some(&real)).await;
+    let mut held = fill_quota(&mut sq, watch_req("acme", "basic", &["agent"])).await;
+    // globex's real gateway of that name still gets its own two.
+    held.extend(fill_quota(&mut gw, watch_req("globex", "g1", &["g1"])).await);
+}
+
+/// Opens streams with `req` up to the limit of two, checks the next is
+/// `ResourceExhausted`, and returns the open ones (to hold them).
+async fn fill_quota(
+    c: &mut PresenceClient,
+    req: v1::WatchRequest,
+) -> Vec<tonic::Streaming<v1::WatchEvent>> {
     let mut held = Vec::new();
     for _ in 0..2 {
-        held.push(
-            sq.presence
-                .watch(watch_req("acme", "basic", &["agent"]))
-                .await
-                .unwrap()
-                .into_inner(),
-        );
+        held.push(c.presence.watch(req.clone()).await.unwrap().into_inner());
     }
     assert_code(
-        sq.presence
-            .watch(watch_req("acme", "basic", &["agent"]))
-            .await
-            .map(drop),
+        c.presence.watch(req).await.map(drop),
         Code::ResourceExhausted,
     );
-    // globex's real gateway of that name still gets its own two.
-    let mut gw = sb.client(Some(&real)).await;
-    for _ in 0..2 {
-        held.push(
-            gw.presence
-                .watch(watch_req("globex", "g1", &["g1"]))
-                .await
-                .unwrap()
-                .into_inner(),
-        );
-    }
-    assert_code(
-        gw.presence
-            .watch(watch_req("globex", "g1", &["g1"]))
-            .await
-            .map(drop),
-        Code::ResourceExhausted,
-    );
+    held
 }
 
 #[tokio::test]
