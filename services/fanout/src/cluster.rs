@@ -56,7 +56,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lease::{CasBucket, CasError};
-use async_nats::jetstream::{self, consumer, kv, stream};
+use crate::log_reader::LogReader;
+use async_nats::jetstream::{self, kv, stream};
 
 /// KV bucket of live fanout nodes.
 pub const NODES_BUCKET: &str = "presence_fanout_nodes";
@@ -166,7 +167,8 @@ pub struct Cluster {
     tracker: TaskTracker,
 }
 
-fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+/// Returns `Unavailable("<what>: <e>")`.
+pub(crate) fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(format!("{what}: {e}"))
 }
 
@@ -504,14 +506,7 @@ impl Cluster {
             .put(&me, Bytes::from(me.clone()))
             .await
             .map_err(|e| unavailable("node heartbeat", e))?;
-        let mut live: Vec<String> = self
-            .nodes
-            .keys()
-            .await
-            .map_err(|e| unavailable("list nodes", e))?
-            .try_collect()
-            .await
-            .map_err(|e| unavailable("list nodes", e))?;
+        let mut live = self.live_nodes().await?;
         live.sort();
         metrics::gauge!("presence_fanout_cluster_nodes").set(live.len() as f64);
         for n in 0..self.shards {
@@ -565,6 +560,43 @@ impl Cluster {
         }
         metrics::gauge!("presence_fanout_owned_shards").set(lock(&self.owned).len() as f64);
         Ok(())
+    }
+
+    /// Returns the ids of the nodes whose heartbeat is in the nodes
+    /// bucket, without a consumer (KV `keys()` makes one, which a dead
+    /// NATS server could hold): the bucket's subjects from the stream
+    /// leader, then each one's last entry (a deleted heartbeat is a node
+    /// that stopped).
+    async fn live_nodes(&self) -> ApiResult<Vec<String>> {
+        let stream = self
+            .js
+            .get_stream(format!("KV_{NODES_BUCKET}"))
+            .await
+            .map_err(|e| unavailable("list nodes", e))?;
+        let prefix = format!("$KV.{NODES_BUCKET}.");
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| unavailable("list nodes", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("list nodes", e))?;
+        let mut live = Vec::with_capacity(subjects.len());
+        for (subject, _) in subjects {
+            let m = match stream.direct_get_last_for_subject(subject.clone()).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => continue,
+                Err(e) => return Err(unavailable("list nodes", e)),
+            };
+            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
+            if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
+                continue;
+            }
+            if let Some(id) = subject.strip_prefix(&prefix) {
+                live.push(id.to_owned());
+            }
+        }
+        Ok(live)
     }
 
     /// Takes shard `n`'s lease: free, or still naming this node from an
@@ -668,25 +700,12 @@ impl Cluster {
     /// a reconnection, resumes after the last event it handed out.
     async fn read_log(self: Arc<Self>, shutdown: CancellationToken) {
         let mut reconnects = self.params.bus.reconnects();
-        let mut log = None;
+        let from = match self.position.load(Ordering::Acquire) {
+            0 => None,
+            p => Some(p),
+        };
+        let mut log = LogReader::new(self.ingest.clone(), self.cfg.replicas, from);
         loop {
-            if log.is_none() {
-                let from = match self.position.load(Ordering::Acquire) {
-                    0 => None,
-                    p => Some(p),
-                };
-                match self.open_log(from).await {
-                    Ok(l) => log = Some(l),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "ingest log not readable; retrying");
-                        tokio::select! {
-                            _ = shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                        }
-                    }
-                }
-            }
-            let Some(l) = log.as_mut() else { continue };
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 r = reconnects.changed() => {
@@ -694,12 +713,17 @@ impl Cluster {
                         return;
                     }
                     // The server may have lost the consumer.
-                    log = None;
+                    log.reopen();
                 }
-                m = l.next() => match m {
-                    Some(Ok(m)) => self.hand_out(m).await,
-                    Some(Err(e)) => tracing::warn!(error = %e, "ingest log read failed"),
-                    None => log = None,
+                m = log.next() => match m {
+                    Ok(m) => self.hand_out(m).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ingest log not readable; retrying");
+                        tokio::select! {
+                            _ = shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                    }
                 },
             }
         }
@@ -727,27 +751,6 @@ impl Cluster {
             None => {}
         }
         self.position.fetch_max(seq, Ordering::Release);
-    }
-
-    /// Opens an ordered consumer of the ingest log after sequence `after`
-    /// (None: only new events).
-    async fn open_log(&self, after: Option<u64>) -> ApiResult<consumer::pull::Ordered> {
-        let deliver_policy = match after {
-            None => consumer::DeliverPolicy::New,
-            Some(a) => consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: a + 1,
-            },
-        };
-        self.ingest
-            .create_consumer(consumer::pull::OrderedConfig {
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable("ingest log consumer", e))?
-            .messages()
-            .await
-            .map_err(|e| unavailable("ingest log", e))
     }
 
     /// Runs an owned shard: restore the snapshot, replay the log after it,
@@ -794,7 +797,7 @@ impl Cluster {
         let mut replayed = 0u64;
         let mut reconnects = self.params.bus.reconnects();
         if covered < end {
-            let mut log = self.open_log(Some(covered)).await?;
+            let mut log = LogReader::new(self.ingest.clone(), self.cfg.replicas, Some(covered));
             while covered < end {
                 let m = tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
@@ -802,13 +805,13 @@ impl Cluster {
                         if r.is_err() {
                             return Err(ApiError::Unavailable("bus closed".into()));
                         }
-                        log = self.open_log(Some(covered)).await?;
+                        log.reopen();
                         continue;
                     }
                     m = log.next() => m,
                 };
                 match m {
-                    Some(Ok(m)) => {
+                    Ok(m) => {
                         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(covered + 1);
                         if seq > covered && self.shard_of(&m.subject) == Some(n) {
                             self.apply_logged(&mut shard, &m, true).await;
@@ -816,8 +819,13 @@ impl Cluster {
                         }
                         covered = covered.max(seq);
                     }
-                    Some(Err(e)) => tracing::warn!(error = %e, "ingest log read failed"),
-                    None => return Err(ApiError::Unavailable("ingest log ended".into())),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ingest log read failed; retrying");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                    }
                 }
             }
         }

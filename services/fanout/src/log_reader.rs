@@ -1,0 +1,109 @@
+//! Reading a JetStream stream in order, in a way that survives a NATS
+//! server's death.
+//!
+//! async-nats' ordered consumers are always single-replica, and with one
+//! server of a three-server cluster down about half of them were placed on
+//! the dead peer and never answered (their creation timed out). A consumer
+//! with the stream's replica count has a raft group of its own and moves
+//! with the leadership. [`LogReader`] uses such ephemeral pull consumers
+//! (no acks, deleted by the server when idle) and recreates one after the
+//! last sequence it returned whenever the current one fails, so messages
+//! come out in stream order, never twice.
+
+use crate::cluster::unavailable;
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use presence_core::ApiResult;
+use std::time::Duration;
+
+/// How long an unused consumer lives on the server.
+const INACTIVE: Duration = Duration::from_secs(30);
+
+/// Reads a stream in order from a starting point.
+pub struct LogReader {
+    stream: stream::Stream,
+    replicas: usize,
+    /// Last stream sequence returned (`None`: none yet, start at new
+    /// messages).
+    last: Option<u64>,
+    messages: Option<consumer::pull::Stream>,
+}
+
+impl LogReader {
+    /// Returns a reader of `stream` after sequence `after` (`None`: only
+    /// messages stored from now on), on consumers of `replicas` replicas
+    /// (the stream's own count). The consumer is created on first read.
+    pub fn new(stream: stream::Stream, replicas: usize, after: Option<u64>) -> Self {
+        Self {
+            stream,
+            replicas: replicas.max(1),
+            last: after,
+            messages: None,
+        }
+    }
+
+    async fn open(&self) -> ApiResult<consumer::pull::Stream> {
+        let deliver_policy = match self.last {
+            None => consumer::DeliverPolicy::New,
+            Some(a) => consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: a + 1,
+            },
+        };
+        let c = self
+            .stream
+            .create_consumer(consumer::pull::Config {
+                deliver_policy,
+                ack_policy: consumer::AckPolicy::None,
+                num_replicas: self.replicas,
+                inactive_threshold: INACTIVE,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable("log consumer", e))?;
+        c.messages()
+            .await
+            .map_err(|e| unavailable("log consumer messages", e))
+    }
+
+    /// Returns the next message in stream order. An error means the
+    /// consumer failed (it is recreated on the next call); `None` never
+    /// comes back while the stream exists.
+    pub async fn next(&mut self) -> ApiResult<jetstream::Message> {
+        loop {
+            if self.messages.is_none() {
+                self.messages = Some(self.open().await?);
+            }
+            let Some(messages) = self.messages.as_mut() else {
+                continue;
+            };
+            match messages.next().await {
+                Some(Ok(m)) => {
+                    let seq = m
+                        .info()
+                        .map(|i| i.stream_sequence)
+                        .map_err(|e| unavailable("log message", e))?;
+                    // A recreated consumer may repeat what came before.
+                    if self.last.is_some_and(|l| seq <= l) {
+                        continue;
+                    }
+                    self.last = Some(seq);
+                    return Ok(m);
+                }
+                Some(Err(e)) => {
+                    self.messages = None;
+                    return Err(unavailable("log read", e));
+                }
+                None => {
+                    self.messages = None;
+                    return Err(unavailable("log read", "consumer ended"));
+                }
+            }
+        }
+    }
+
+    /// Drops the current consumer: the next read starts a new one after
+    /// the last message returned (after a reconnection, say).
+    pub fn reopen(&mut self) {
+        self.messages = None;
+    }
+}
