@@ -19,7 +19,8 @@ use tonic::Code;
 const PW: &str = "correct horse battery";
 
 /// acme (sites hq, branch) and globex; people of every scope; queue 8000
-/// in hq with agent `agent` and supervisor `sup`; globex's queue 7000.
+/// in hq with agent `agent` and supervisor `sup`; globex's queue 7000
+/// and user g1.
 async fn world(sb: &Sandbox) {
     let mut a = sb.admin.clone();
     domain(&mut a, "acme").await;
@@ -71,6 +72,16 @@ async fn world(sb: &Sandbox) {
         .await;
     }
     set_members(&mut a, &["agent"], &["sup"]).await.unwrap();
+    user(
+        &mut a,
+        "globex",
+        "g1",
+        NewUser {
+            first: "g",
+            ..Default::default()
+        },
+    )
+    .await;
 }
 
 async fn set_members(
@@ -198,16 +209,6 @@ async fn test_stream_limits_do_not_cross_tenants() {
     let sb = Sandbox::start_tuned(|c| c.max_streams_per_principal = 2).await;
     world(&sb).await;
     let mut a = sb.admin.clone();
-    user(
-        &mut a,
-        "globex",
-        "g1",
-        NewUser {
-            first: "g",
-            ..Default::default()
-        },
-    )
-    .await;
     // acme's service takes globex's gateway name and fills its quota.
     let squatter = service_token(&mut a, "globex-phone-gw", &["acme"], &["presence.watch"]).await;
     let real = service_token(&mut a, "globex-phone-gw", &["globex"], &["presence.watch"]).await;
@@ -575,16 +576,6 @@ async fn test_a_mac_of_another_tenant_is_answered_like_a_free_one() {
     let sb = Sandbox::start().await;
     world(&sb).await;
     let mut a = sb.admin.clone();
-    user(
-        &mut a,
-        "globex",
-        "g1",
-        NewUser {
-            first: "g",
-            ..Default::default()
-        },
-    )
-    .await;
     let add = |d: &str, u: &str, label: &str| v1::AddPhoneRequest {
         domain: d.into(),
         user: u.into(),
