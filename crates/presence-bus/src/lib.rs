@@ -11,9 +11,12 @@
 //! - [`subjects`]: every subject name the broker uses (the only place they
 //!   are spelled out; documented in docs/subjects.md);
 //! - [`inprocess`], [`nats`]: the two implementations;
-//! - [`pattern`]: NATS subject matching, used by the in-process bus.
+//! - [`pattern`]: NATS subject matching, used by the in-process bus;
+//! - [`log_reader`]: reading a JetStream stream in order across server
+//!   deaths (the shard logs and the replicated directory log).
 
 pub mod inprocess;
+pub mod log_reader;
 pub mod nats;
 pub mod pattern;
 pub mod subjects;

@@ -29,6 +29,12 @@ pub fn presence_out_str(domain: &str, user: &str) -> String {
     format!("{PREFIX}.out.{domain}.{user}")
 }
 
+/// The replicated log of directory, auth and policy transactions (the
+/// JetStream stream `PRESENCE_DIRECTORY`): `presence.v1.log.directory`.
+pub fn directory_log() -> String {
+    format!("{PREFIX}.log.directory")
+}
+
 /// ACL change events of a domain: `presence.v1.acl.<domain>`.
 pub fn acl(domain: &DomainId) -> String {
     format!("{PREFIX}.acl.{domain}")
@@ -111,6 +117,7 @@ mod tests {
             node_results("node-1"),
             policy_resolve(&d),
             policy_domain(&d),
+            directory_log(),
         ] {
             assert!(valid_subject(&s), "{s}");
         }
@@ -121,6 +128,7 @@ mod tests {
         assert!(matches(&directory_all(), &directory(&d)));
         assert!(matches(&acl_all(), &acl(&d)));
         assert!(!matches(&directory_all(), &acl(&d)));
+        assert!(!matches(&directory_all(), &directory_log()));
         assert!(matches(&policy_check_all(), &policy_resolve(&d)));
         assert!(matches(&policy_check_all(), &policy_domain(&d)));
         assert_eq!(directory(&d), "presence.v1.dir.acme");

@@ -19,10 +19,22 @@ fn invalid_credentials() -> ApiError {
 
 /// What a user session token is bound to: the user's incarnation and
 /// its session epoch at issue time.
-#[derive(Debug, Clone, Copy)]
+/// (A message, so a replicated write can keep it as its answer.)
+#[derive(Clone, Copy, PartialEq, prost::Message)]
 struct Session {
+    #[prost(uint64, tag = "1")]
     epoch: u64,
+    #[prost(uint64, tag = "2")]
     inc: u64,
+}
+
+/// A user with the session its new token is bound to.
+#[derive(Clone, PartialEq, prost::Message)]
+struct UserSession {
+    #[prost(message, optional, tag = "1")]
+    user: Option<v1::User>,
+    #[prost(message, optional, tag = "2")]
+    session: Option<Session>,
 }
 
 /// Reads the session a new token of `d`/`u` is bound to.
@@ -174,7 +186,7 @@ impl Directory {
                         }
                         let mut c = tx.credentials(&dd, &ii)?;
                         let mut u = tx.user(&dd, &ii)?;
-                        c.password_hash = hash;
+                        c.password_hash = hash.clone();
                         c.reset_required = false;
                         c.session_epoch += 1;
                         u.password_reset_required = false;
@@ -219,7 +231,7 @@ impl Directory {
             None => None,
         };
         let h = token_hash(req.welcome_token.trim());
-        let (u, session) = self
+        let UserSession { user: u, session } = self
             .write(move |tx| {
                 let bad = || ApiError::Unauthenticated("invalid or expired welcome token".into());
                 let wk = key(keys::WELCOME, &[&h]);
@@ -231,10 +243,10 @@ impl Directory {
                 }
                 let mut u = tx.user(&d, &id).map_err(|_| bad())?;
                 let mut c = tx.credentials(&d, &id)?;
-                c.password_hash = pw_hash;
+                c.password_hash = pw_hash.clone();
                 c.reset_required = false;
                 c.session_epoch += 1;
-                if let Some(ph) = pin_hash {
+                if let Some(ph) = pin_hash.clone() {
                     c.pin_hash = ph;
                     let mut o = tx.options(&d, &id)?;
                     o.voicemail.get_or_insert_with(Default::default).pin_set = true;
@@ -257,9 +269,13 @@ impl Directory {
                     vec!["welcome:accepted".into()],
                 ));
                 let session = session_of(tx, &d, &id, c.session_epoch)?;
-                Ok((u, session))
+                Ok(UserSession {
+                    user: Some(u),
+                    session: Some(session),
+                })
             })
             .await?;
+        let (u, session) = (u.unwrap_or_default(), session.unwrap_or_default());
         let d = DomainId::parse(&u.domain)?;
         self.login_response(&d, &u, session)
     }
@@ -299,7 +315,7 @@ impl Directory {
                     ));
                 }
                 let mut c = tx.credentials(&dd, &ii)?;
-                c.password_hash = hash;
+                c.password_hash = hash.clone();
                 c.reset_required = false;
                 c.session_epoch += 1;
                 tx.put(key(keys::CREDENTIALS, &[dd.as_str(), ii.as_str()]), &c);

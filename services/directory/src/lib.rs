@@ -15,6 +15,8 @@
 //!   [`auth::StoreValidator`] used by every server's interceptor;
 //! - [`hashing`]: the bounded pool of threads that hash passwords;
 //! - [`hooks`]: extension points run inside directory transactions;
+//! - [`replica`]: the replicated log (JetStream) and its applier;
+//! - [`replicated`]: transaction ids of replicated writes;
 //! - [`grpc`]: the tonic adapters.
 
 pub mod auth;
@@ -26,6 +28,8 @@ mod options;
 mod phones;
 pub mod queues;
 pub mod records;
+pub mod replica;
+pub mod replicated;
 pub mod search;
 pub mod service;
 pub mod store;
@@ -34,5 +38,5 @@ mod users;
 pub use auth::StoreValidator;
 pub use grpc::{AuthGrpc, DirectoryGrpc};
 pub use hooks::DirectoryHooks;
-pub use service::{Directory, DirectoryConfig};
+pub use service::{Directory, DirectoryConfig, Reply};
 pub use store::Store;

@@ -123,7 +123,7 @@ impl Directory {
                 o.version,
                 req.expected_version,
             )?;
-            o.answering_rules = check_rules(&d, id.as_str(), req.answering_rules, tx)?;
+            o.answering_rules = check_rules(&d, id.as_str(), req.answering_rules.clone(), tx)?;
             o.version += 1;
             tx.put(key(keys::OPTIONS, &[d.as_str(), id.as_str()]), &o);
             tx.emit(event(
@@ -188,13 +188,13 @@ impl Directory {
                 }
                 vm.enabled = en;
             }
-            if let Some(g) = greeting {
+            if let Some(g) = greeting.clone() {
                 vm.greeting = g;
             }
-            if let Some(e) = email {
+            if let Some(e) = email.clone() {
                 vm.notification_email = e;
             }
-            if let Some(h) = pin_hash {
+            if let Some(h) = pin_hash.clone() {
                 let mut c = tx.credentials(&d, &id)?;
                 c.pin_hash = h;
                 tx.put(key(keys::CREDENTIALS, &[d.as_str(), id.as_str()]), &c);
@@ -310,7 +310,7 @@ impl Directory {
                         expires_at_ms,
                     },
                 );
-                tx.put_raw(wu, hash.into_bytes());
+                tx.put_raw(wu, hash.clone().into_bytes());
                 tx.emit(event(
                     &d,
                     Ek::Credentials,
@@ -323,7 +323,7 @@ impl Directory {
                     domain: d.to_string(),
                     user: id.to_string(),
                     email: u.profile.map(|p| p.email).unwrap_or_default(),
-                    welcome_token: tok,
+                    welcome_token: tok.clone(),
                     expires_at_ms,
                 })
             })

@@ -93,9 +93,9 @@ impl Directory {
                 mac: mac.to_string(),
                 domain: d.to_string(),
                 user: owner.to_string(),
-                model,
-                label,
-                line_keys,
+                model: model.clone(),
+                label: label.clone(),
+                line_keys: line_keys.clone(),
                 version: 1,
                 created_at_ms: now,
                 updated_at_ms: now,
@@ -173,7 +173,7 @@ impl Directory {
             r.require_manage(&owner.site, scope_of(&owner), &format!("edit phone {mac}"))?;
             check_version(&format!("phone {mac}"), ph.version, req.expected_version)?;
             let mut facts = Vec::new();
-            if let Some(no) = new_owner
+            if let Some(no) = new_owner.clone()
                 && no.as_str() != ph.user
             {
                 let nu = tx.user(&d, &no)?;
@@ -202,13 +202,13 @@ impl Directory {
                 facts.push(format!("moved_from:{}", ph.user));
                 ph.user = no.to_string();
             }
-            if let Some(v) = model {
+            if let Some(v) = model.clone() {
                 ph.model = v;
             }
-            if let Some(v) = label {
+            if let Some(v) = label.clone() {
                 ph.label = v;
             }
-            if let Some(v) = line_keys {
+            if let Some(v) = line_keys.clone() {
                 ph.line_keys = v;
             }
             ph.version += 1;

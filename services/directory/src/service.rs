@@ -93,6 +93,35 @@ struct Inner {
     dummy_hash: String,
     /// The threads that compute password hashes.
     hashers: crate::hashing::HashPool,
+    /// The replicated log, when there is one.
+    replica: std::sync::OnceLock<crate::replica::Replica>,
+    /// Serializes this node's replicated writes.
+    writer: tokio::sync::Mutex<()>,
+}
+
+/// Rounds a replicated write runs again when what it read changed through
+/// other nodes before its place in the log.
+pub const CONFLICT_ATTEMPTS: u32 = 8;
+
+/// How long a write waits for this node to apply its log entry.
+const APPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// What a write answers, kept with its outcome in the replicated log so
+/// that a retried request gets the original answer.
+pub trait Reply: Sized + Send + 'static {
+    /// Encodes the answer.
+    fn encode_reply(&self) -> Vec<u8>;
+    /// Decodes an answer [`Reply::encode_reply`] made.
+    fn decode_reply(b: &[u8]) -> ApiResult<Self>;
+}
+
+impl<M: Message + Default + 'static> Reply for M {
+    fn encode_reply(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+    fn decode_reply(b: &[u8]) -> ApiResult<Self> {
+        M::decode(b).map_err(|e| ApiError::Internal(format!("corrupt recorded reply: {e}")))
+    }
 }
 
 fn join_err(e: tokio::task::JoinError) -> ApiError {
@@ -126,6 +155,8 @@ impl Directory {
                 hashers: crate::hashing::HashPool::new(cfg.hash_concurrency, cfg.hash_queue)?,
                 cfg,
                 dummy_hash,
+                replica: std::sync::OnceLock::new(),
+                writer: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -188,19 +219,96 @@ impl Directory {
             .map_err(join_err)?
     }
 
-    /// Runs one atomic, durable transaction on a blocking thread, then
-    /// publishes its outbox. Services sharing the store (policy) use it
-    /// for their own records.
-    pub async fn write<T: Send + 'static>(
+    /// Runs one atomic, durable transaction, then publishes its outbox.
+    /// Services sharing the store (policy) use it for their own records.
+    ///
+    /// Embedded, the transaction commits on a blocking thread. On a
+    /// replicated directory ([`Directory::set_replica`]) it runs against
+    /// the local store, goes through the log and is answered once this
+    /// node applied it; when something it read changed before its place
+    /// in the log, it runs again (so `f` may run more than once), and
+    /// after [`CONFLICT_ATTEMPTS`] such rounds the call is `Aborted`.
+    pub async fn write<T: Reply>(
         &self,
-        f: impl FnOnce(&mut Tx<'_>) -> ApiResult<T> + Send + 'static,
+        f: impl Fn(&mut Tx<'_>) -> ApiResult<T> + Send + Sync + 'static,
     ) -> ApiResult<T> {
         let store = self.inner.store.clone();
-        let (out, outbox) = tokio::task::spawn_blocking(move || store.write(f))
-            .await
-            .map_err(join_err)??;
-        self.publish_outbox(outbox).await;
-        Ok(out)
+        let Some(replica) = self.inner.replica.get() else {
+            let (out, outbox) = tokio::task::spawn_blocking(move || store.write(f))
+                .await
+                .map_err(join_err)??;
+            self.publish_outbox(outbox).await;
+            return Ok(out);
+        };
+        let f = Arc::new(f);
+        let (tx_id, retried) = crate::replicated::tx_id();
+        // One write of this node at a time: its transactions never
+        // conflict with each other, only with other nodes'.
+        let _writer = self.inner.writer.lock().await;
+        if retried {
+            // A retried request may have been applied through another
+            // node that died before answering: answer as it would have.
+            replica.catch_up(APPLY_WAIT).await?;
+            if let Some(o) = store.outcome(&tx_id)?
+                && o.committed
+            {
+                return T::decode_reply(&o.reply);
+            }
+        }
+        for attempt in 0..CONFLICT_ATTEMPTS {
+            let (s, f) = (store.clone(), f.clone());
+            let (out, entry) = tokio::task::spawn_blocking(move || s.prepare(|tx| f(tx)))
+                .await
+                .map_err(join_err)??;
+            let Some(mut entry) = entry else {
+                return Ok(out);
+            };
+            entry.tx_id = tx_id.clone();
+            entry.reply = out.encode_reply();
+            let (seq, duplicate) = replica
+                .append(&entry, &format!("{tx_id}.{attempt}"))
+                .await?;
+            replica.wait_applied(seq, APPLY_WAIT).await?;
+            let outcome = store.outcome(&tx_id)?.ok_or_else(|| {
+                ApiError::Internal(format!("log entry {seq} applied without an outcome"))
+            })?;
+            if outcome.committed {
+                if duplicate || outcome.sequence != seq {
+                    // Another copy of this request was applied.
+                    return T::decode_reply(&outcome.reply);
+                }
+                let mut events = entry.events;
+                for ev in &mut events {
+                    ev.sequence = seq;
+                }
+                let messages = entry
+                    .messages
+                    .into_iter()
+                    .map(|m| (m.subject, m.payload))
+                    .collect();
+                self.publish_outbox(Outbox { events, messages }).await;
+                return Ok(out);
+            }
+            metrics::counter!("presence_directory_write_conflicts_total").increment(1);
+        }
+        Err(ApiError::Aborted(format!(
+            "the records this change reads were changed through other nodes {CONFLICT_ATTEMPTS} \
+             times in a row; try again"
+        )))
+    }
+
+    /// Makes this directory replicated: every later write goes through
+    /// `replica`'s log. Set once, before serving.
+    pub fn set_replica(&self, replica: crate::replica::Replica) -> ApiResult<()> {
+        self.inner
+            .replica
+            .set(replica)
+            .map_err(|_| ApiError::Internal("the directory is already replicated".into()))
+    }
+
+    /// Returns the replicated log, when the directory is replicated.
+    pub fn replica(&self) -> Option<&crate::replica::Replica> {
+        self.inner.replica.get()
     }
 
     async fn publish_outbox(&self, outbox: Outbox) {
@@ -278,8 +386,8 @@ impl Directory {
             let now = now_ms();
             let d = v1::Domain {
                 id: id.to_string(),
-                name,
-                dns_name,
+                name: name.clone(),
+                dns_name: dns_name.clone(),
                 version: 1,
                 created_at_ms: now,
                 updated_at_ms: now,
@@ -367,10 +475,10 @@ impl Directory {
         self.write(move |tx| {
             let mut d = tx.domain(&id)?;
             check_version(&format!("domain {id}"), d.version, req.expected_version)?;
-            if let Some(n) = name {
+            if let Some(n) = name.clone() {
                 d.name = n;
             }
-            if let Some(n) = dns {
+            if let Some(n) = dns.clone() {
                 require_unused_dns_name(tx, &id, &n)?;
                 d.dns_name = n;
             }
@@ -437,9 +545,7 @@ impl Directory {
                 keys::WELCOME_BY_USER,
                 keys::INDEX,
             ] {
-                for k in tx.keys_with_prefix(&keys::prefix(tag, &[id.as_str()]))? {
-                    tx.delete(k);
-                }
+                tx.delete_prefix(&keys::prefix(tag, &[id.as_str()]))?;
             }
             for h in &hooks {
                 h.domain_deleted(tx, &id)?;
@@ -485,9 +591,9 @@ impl Directory {
             let s = v1::Site {
                 domain: d.to_string(),
                 id: id.to_string(),
-                name,
-                address,
-                time_zone,
+                name: name.clone(),
+                address: address.clone(),
+                time_zone: time_zone.clone(),
                 version: 1,
                 created_at_ms: now,
                 updated_at_ms: now,
@@ -564,13 +670,13 @@ impl Directory {
             tx.domain(&d)?;
             let mut s = tx.site(&d, &id)?;
             check_version(&format!("site {id}"), s.version, req.expected_version)?;
-            if let Some(v) = name {
+            if let Some(v) = name.clone() {
                 s.name = v;
             }
-            if let Some(v) = address {
+            if let Some(v) = address.clone() {
                 s.address = v;
             }
-            if let Some(v) = tz {
+            if let Some(v) = tz.clone() {
                 s.time_zone = v;
             }
             s.version += 1;

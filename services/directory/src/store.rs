@@ -10,6 +10,8 @@
 use presence_core::{ApiError, ApiResult};
 use presence_proto::v1;
 use prost::Message;
+use sha2::{Digest, Sha256};
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
@@ -69,6 +71,8 @@ pub mod keys {
     /// nonzero id drawn when the record is created, so a record deleted
     /// and created again under the same id is a different identity.
     pub const INCARNATION: &str = "N";
+    /// Outcome of a transaction of the replicated log: `T\0tx_id`.
+    pub const TX: &str = "T";
 }
 
 /// The open store.
@@ -197,12 +201,7 @@ impl Store {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let mut tx = Tx {
-            store: self,
-            pending: BTreeMap::new(),
-            events: Vec::new(),
-            messages: Vec::new(),
-        };
+        let mut tx = self.tx();
         let out = f(&mut tx)?;
         if tx.pending.is_empty() {
             return Ok((out, Outbox::default()));
@@ -230,6 +229,166 @@ impl Store {
         }
         Ok((out, Outbox { events, messages }))
     }
+
+    fn tx(&self) -> Tx<'_> {
+        Tx {
+            store: self,
+            pending: BTreeMap::new(),
+            events: Vec::new(),
+            messages: Vec::new(),
+            reads: RefCell::new(BTreeMap::new()),
+            scans: RefCell::new(BTreeMap::new()),
+            clears: Vec::new(),
+        }
+    }
+
+    /// Runs `f` against the local state without committing: returns its
+    /// result and, when it wrote anything, the log entry that carries it
+    /// (to be published on the replicated log and applied by
+    /// [`Store::apply_entry`] on every node).
+    pub fn prepare<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> ApiResult<T>,
+    ) -> ApiResult<(T, Option<LogEntry>)> {
+        let mut tx = self.tx();
+        let out = f(&mut tx)?;
+        if tx.pending.is_empty() {
+            return Ok((out, None));
+        }
+        Ok((out, Some(tx.into_entry())))
+    }
+
+    /// Returns the sequence of the last log entry applied (0: none).
+    pub fn log_sequence(&self) -> ApiResult<u64> {
+        Ok(self
+            .get_raw(&keys::key(keys::META, &["log"]))?
+            .map(|v| u64_from(&v))
+            .unwrap_or(0))
+    }
+
+    /// Returns the recorded outcome of a logged transaction.
+    pub fn outcome(&self, tx_id: &str) -> ApiResult<Option<TxOutcome>> {
+        self.get(&keys::key(keys::TX, &[tx_id]))
+    }
+
+    /// Applies the log entry at sequence `seq`, which must follow the last
+    /// one applied: checks that everything it read is unchanged, then, in
+    /// one durable batch, applies its writes, records its outcome and
+    /// moves the applied sequence. The same entries in the same order give
+    /// the same outcomes and the same store on every node.
+    pub fn apply_entry(&self, e: &LogEntry, seq: u64) -> ApiResult<Applied> {
+        let guard = match self.write_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let last = self.log_sequence()?;
+        if seq != last + 1 {
+            return Err(ApiError::Internal(format!(
+                "log entry {seq} does not follow the last applied ({last})"
+            )));
+        }
+        let mut batch = sled::Batch::default();
+        batch.insert(keys::key(keys::META, &["log"]), seq.to_be_bytes().to_vec());
+        let tx_key = keys::key(keys::TX, &[&e.tx_id]);
+        let prior: Option<TxOutcome> = self.get(&tx_key)?;
+        let applied = if prior.is_some_and(|p| p.committed) {
+            Applied::Duplicate
+        } else if !self.unchanged(e)? {
+            let o = TxOutcome {
+                committed: false,
+                sequence: seq,
+                reply: Vec::new(),
+            };
+            batch.insert(tx_key, o.encode_to_vec());
+            Applied::Conflict
+        } else {
+            for p in &e.clears {
+                for r in self.scan(p, None) {
+                    let (k, _) = r?;
+                    batch.remove(k);
+                }
+            }
+            for w in &e.writes {
+                match &w.value {
+                    Some(v) => batch.insert(w.key.as_slice(), v.as_slice()),
+                    None => batch.remove(w.key.as_slice()),
+                }
+            }
+            let o = TxOutcome {
+                committed: true,
+                sequence: seq,
+                reply: e.reply.clone(),
+            };
+            batch.insert(tx_key, o.encode_to_vec());
+            batch.insert(keys::key(keys::META, &["seq"]), seq.to_be_bytes().to_vec());
+            let mut events = e.events.clone();
+            for ev in &mut events {
+                ev.sequence = seq;
+            }
+            Applied::Committed(Outbox {
+                events,
+                messages: e
+                    .messages
+                    .iter()
+                    .map(|m| (m.subject.clone(), m.payload.clone()))
+                    .collect(),
+            })
+        };
+        self.tree.apply_batch(batch).map_err(storage)?;
+        drop(guard);
+        if self.sync {
+            self.db.flush().map_err(storage)?;
+        }
+        Ok(applied)
+    }
+
+    /// Whether every value and key set `e` read is still what it read.
+    fn unchanged(&self, e: &LogEntry) -> ApiResult<bool> {
+        for c in &e.reads {
+            let v = self.get_raw(&c.key)?;
+            if value_digest(v.as_deref()) != c.digest {
+                return Ok(false);
+            }
+        }
+        for c in &e.scans {
+            let mut h = Sha256::new();
+            for r in self.scan(&c.key, None) {
+                let (k, _) = r?;
+                digest_key(&mut h, &k);
+            }
+            if h.finalize()[..DIGEST_LEN] != c.digest[..] {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Writes a value that belongs to this node only (never replicated,
+    /// e.g. that this data dir wrote its bootstrap token).
+    pub fn put_local(&self, key: &[u8], value: &[u8]) -> ApiResult<()> {
+        self.tree.insert(key, value).map_err(storage)?;
+        if self.sync {
+            self.db.flush().map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Returns a digest of every replicated record (everything but the
+    /// node's own metadata under `M`): equal on nodes that applied the same
+    /// log.
+    pub fn digest(&self) -> ApiResult<String> {
+        let mut h = Sha256::new();
+        let meta = keys::prefix(keys::META, &[]);
+        for r in self.tree.iter() {
+            let (k, v) = r.map_err(storage)?;
+            if k.starts_with(&meta) {
+                continue;
+            }
+            digest_key(&mut h, &k);
+            digest_key(&mut h, &v);
+        }
+        Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    }
 }
 
 fn u64_from(v: &[u8]) -> u64 {
@@ -250,11 +409,20 @@ pub struct Outbox {
 }
 
 /// A write transaction: reads see its own pending writes.
+///
+/// A transaction also records what it read from the committed store (a
+/// digest of each value, and of the key set of each prefix it listed),
+/// so that a replicated log can carry it as a [`LogEntry`] and every
+/// node can check, at the entry's place in the log, that the
+/// transaction would have read the same (see [`Store::apply_entry`]).
 pub struct Tx<'a> {
     store: &'a Store,
     pending: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
     events: Vec<v1::DirectoryEvent>,
     messages: Vec<(String, Vec<u8>)>,
+    reads: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+    scans: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+    clears: Vec<Vec<u8>>,
 }
 
 impl Tx<'_> {
@@ -270,10 +438,15 @@ impl Tx<'_> {
 
     /// Reads a raw value, pending writes first.
     pub fn get_raw(&self, key: &[u8]) -> ApiResult<Option<Vec<u8>>> {
-        match self.pending.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => Ok(self.store.get_raw(key)?.map(|v| v.to_vec())),
+        if let Some(v) = self.pending.get(key) {
+            return Ok(v.clone());
         }
+        let v = self.store.get_raw(key)?.map(|v| v.to_vec());
+        self.reads
+            .borrow_mut()
+            .entry(key.to_vec())
+            .or_insert_with(|| value_digest(v.as_deref()));
+        Ok(v)
     }
 
     /// Reads and decodes a record, pending writes first.
@@ -308,10 +481,16 @@ impl Tx<'_> {
     /// writes (pending deletes removed, pending inserts added).
     pub fn keys_with_prefix(&self, prefix: &[u8]) -> ApiResult<Vec<Vec<u8>>> {
         let mut out: std::collections::BTreeSet<Vec<u8>> = std::collections::BTreeSet::new();
+        let mut digest = Sha256::new();
         for r in self.store.scan(prefix, None) {
             let (k, _) = r?;
+            digest_key(&mut digest, &k);
             out.insert(k.to_vec());
         }
+        self.scans
+            .borrow_mut()
+            .entry(prefix.to_vec())
+            .or_insert_with(|| digest.finalize()[..DIGEST_LEN].to_vec());
         for (k, v) in self.pending.range(prefix.to_vec()..) {
             if !k.starts_with(prefix) {
                 break;
@@ -324,6 +503,161 @@ impl Tx<'_> {
         }
         Ok(out.into_iter().collect())
     }
+
+    /// Stages the deletion of every key under `prefix` (a log entry
+    /// carries it as one operation, however many keys it removes).
+    pub fn delete_prefix(&mut self, prefix: &[u8]) -> ApiResult<()> {
+        for k in self.keys_with_prefix(prefix)? {
+            self.pending.insert(k, None);
+        }
+        self.clears.push(prefix.to_vec());
+        Ok(())
+    }
+
+    /// Turns the transaction into a log entry (without reply or id).
+    fn into_entry(self) -> LogEntry {
+        let clears = self.clears;
+        let cleared = |k: &[u8]| clears.iter().any(|p| k.starts_with(p));
+        let writes = self
+            .pending
+            .into_iter()
+            .filter(|(k, v)| v.is_some() || !cleared(k))
+            .map(|(key, value)| WriteOp { key, value })
+            .collect();
+        LogEntry {
+            tx_id: String::new(),
+            reads: self
+                .reads
+                .into_inner()
+                .into_iter()
+                .map(|(key, digest)| Check { key, digest })
+                .collect(),
+            scans: self
+                .scans
+                .into_inner()
+                .into_iter()
+                .map(|(key, digest)| Check { key, digest })
+                .collect(),
+            clears: clears.clone(),
+            writes,
+            events: self.events,
+            messages: self
+                .messages
+                .into_iter()
+                .map(|(subject, payload)| OutMessage { subject, payload })
+                .collect(),
+            reply: Vec::new(),
+        }
+    }
+}
+
+/// Bytes of SHA-256 kept per checked value or key set: 128 bits make an
+/// unnoticed change by collision negligible and keep entries that read
+/// thousands of records small.
+const DIGEST_LEN: usize = 16;
+
+/// Digest of a stored value as a transaction read it (empty: absent).
+fn value_digest(v: Option<&[u8]>) -> Vec<u8> {
+    match v {
+        Some(v) => Sha256::digest(v)[..DIGEST_LEN].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+fn digest_key(h: &mut Sha256, k: &[u8]) {
+    h.update((k.len() as u64).to_be_bytes());
+    h.update(k);
+}
+
+/// One transaction as the replicated log carries it: what it read (to be
+/// checked where it lands in the log), what it writes, and what it
+/// publishes once applied.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct LogEntry {
+    /// The transaction's id: the same for every retry of one request.
+    #[prost(string, tag = "1")]
+    pub tx_id: String,
+    /// Values read from the committed store, by digest.
+    #[prost(message, repeated, tag = "2")]
+    pub reads: Vec<Check>,
+    /// Prefixes listed, by digest of their key sets.
+    #[prost(message, repeated, tag = "3")]
+    pub scans: Vec<Check>,
+    /// Prefixes deleted whole (before `writes`).
+    #[prost(bytes = "vec", repeated, tag = "4")]
+    pub clears: Vec<Vec<u8>>,
+    /// Puts and deletes.
+    #[prost(message, repeated, tag = "5")]
+    pub writes: Vec<WriteOp>,
+    /// Directory change events (their sequence is stamped when applied).
+    #[prost(message, repeated, tag = "6")]
+    pub events: Vec<v1::DirectoryEvent>,
+    /// Other messages published once applied.
+    #[prost(message, repeated, tag = "7")]
+    pub messages: Vec<OutMessage>,
+    /// The encoded answer to the request that made the transaction,
+    /// kept with its outcome for retries.
+    #[prost(bytes = "vec", tag = "8")]
+    pub reply: Vec<u8>,
+}
+
+/// A key and the digest of what a transaction found there.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Check {
+    /// The key (or prefix).
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// SHA-256 of the value (empty: absent) or of the prefix's key set.
+    #[prost(bytes = "vec", tag = "2")]
+    pub digest: Vec<u8>,
+}
+
+/// A put (`value` set) or delete.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WriteOp {
+    /// The key.
+    #[prost(bytes = "vec", tag = "1")]
+    pub key: Vec<u8>,
+    /// The new value; `None` deletes.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub value: Option<Vec<u8>>,
+}
+
+/// A message to publish once the transaction is applied.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OutMessage {
+    /// The subject.
+    #[prost(string, tag = "1")]
+    pub subject: String,
+    /// The payload.
+    #[prost(bytes = "vec", tag = "2")]
+    pub payload: Vec<u8>,
+}
+
+/// What became of a logged transaction, kept under `T\0tx_id`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct TxOutcome {
+    /// Whether it was applied (otherwise it read something that had
+    /// changed by its place in the log, and changed nothing).
+    #[prost(bool, tag = "1")]
+    pub committed: bool,
+    /// The log sequence it was applied at.
+    #[prost(uint64, tag = "2")]
+    pub sequence: u64,
+    /// The encoded answer (see [`LogEntry::reply`]).
+    #[prost(bytes = "vec", tag = "3")]
+    pub reply: Vec<u8>,
+}
+
+/// What [`Store::apply_entry`] did with an entry.
+#[derive(Debug)]
+pub enum Applied {
+    /// Applied at this sequence; here is what to publish.
+    Committed(Outbox),
+    /// Changed nothing: something it read had changed.
+    Conflict,
+    /// Its id was already applied at an earlier place: changed nothing.
+    Duplicate,
 }
 
 #[cfg(test)]
@@ -393,6 +727,72 @@ mod tests {
             tx.keys_with_prefix(&keys::prefix(keys::META, &[]))
         })?;
         assert_eq!(keys.0.len(), 2, "seq and b remain: {:?}", keys.0);
+        Ok(())
+    }
+
+    #[test]
+    fn test_log_entries_apply_in_order_and_stale_reads_conflict() -> ApiResult<()> {
+        let dir = tempfile::tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let store = Store::open(dir.path())?;
+        let k = keys::key(keys::META, &["x"]);
+        let bump = |tx: &mut Tx<'_>| {
+            let n = tx.get_raw(&k)?.map(|v| u64_from(&v)).unwrap_or(0);
+            tx.put_raw(k.clone(), (n + 1).to_be_bytes().to_vec());
+            Ok(n + 1)
+        };
+        // Two nodes prepare against the same state: both read x absent.
+        let (one, e1) = store.prepare(bump)?;
+        let (_, e2) = store.prepare(bump)?;
+        let (mut e1, mut e2) = (e1.unwrap_or_default(), e2.unwrap_or_default());
+        e1.tx_id = "t1".into();
+        e2.tx_id = "t2".into();
+        assert_eq!(one, 1);
+        assert!(matches!(store.apply_entry(&e1, 1)?, Applied::Committed(_)));
+        // The second read a value that has changed: nothing applied.
+        assert!(matches!(store.apply_entry(&e2, 2)?, Applied::Conflict));
+        assert_eq!(store.get_raw(&k)?.map(|v| u64_from(&v)), Some(1));
+        assert_eq!(store.outcome("t2")?.map(|o| o.committed), Some(false));
+        // The same transaction again (a retry with another message id).
+        assert!(matches!(store.apply_entry(&e1, 3)?, Applied::Duplicate));
+        assert_eq!(store.get_raw(&k)?.map(|v| u64_from(&v)), Some(1));
+        // Never across a gap.
+        assert!(store.apply_entry(&e2, 5).is_err());
+        assert_eq!(store.log_sequence()?, 3);
+        Ok(())
+    }
+
+    #[test]
+    fn test_a_listed_prefix_that_changed_conflicts_and_clears_apply_whole() -> ApiResult<()> {
+        let dir = tempfile::tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let store = Store::open(dir.path())?;
+        let p = keys::prefix(keys::QUEUE, &["acme"]);
+        let q = |n: &str| keys::key(keys::QUEUE, &["acme", n]);
+        let mut seq = 0;
+        let mut apply = |e: Option<LogEntry>| -> ApiResult<Applied> {
+            seq += 1;
+            let mut e = e.unwrap_or_default();
+            e.tx_id = format!("t{seq}");
+            store.apply_entry(&e, seq)
+        };
+        let (_, e) = store.prepare(|tx| {
+            tx.put_raw(q("a"), b"1".to_vec());
+            Ok(())
+        })?;
+        assert!(matches!(apply(e)?, Applied::Committed(_)));
+        // Prepared while the prefix held one key; another lands first.
+        let (_, clear) = store.prepare(|tx| tx.delete_prefix(&p))?;
+        let clear = clear.unwrap_or_default();
+        assert!(clear.writes.is_empty(), "one clear, no per-key deletes");
+        let (_, add) = store.prepare(|tx| {
+            tx.put_raw(q("b"), b"2".to_vec());
+            Ok(())
+        })?;
+        assert!(matches!(apply(add)?, Applied::Committed(_)));
+        assert!(matches!(apply(Some(clear))?, Applied::Conflict));
+        assert_eq!(store.scan(&p, None).count(), 2);
+        let (_, clear) = store.prepare(|tx| tx.delete_prefix(&p))?;
+        assert!(matches!(apply(clear)?, Applied::Committed(_)));
+        assert_eq!(store.scan(&p, None).count(), 0);
         Ok(())
     }
 }

@@ -145,8 +145,8 @@ impl Directory {
                 id: id.to_string(),
                 kind: kind_to_proto(kind) as i32,
                 scope: scope_to_proto(scope) as i32,
-                site: site_str,
-                profile: Some(profile),
+                site: site_str.clone(),
+                profile: Some(profile.clone()),
                 version: 1,
                 created_at_ms: now,
                 updated_at_ms: now,
@@ -167,7 +167,7 @@ impl Directory {
             tx.put(
                 key(keys::CREDENTIALS, &[d.as_str(), id.as_str()]),
                 &Credentials {
-                    password_hash,
+                    password_hash: password_hash.clone(),
                     session_epoch: 1,
                     reset_required: false,
                     pin_hash: String::new(),
@@ -380,7 +380,7 @@ impl Directory {
                     u.scope = scope_to_proto(sc) as i32;
                 }
             }
-            if let Some(site) = new_site {
+            if let Some(site) = new_site.clone() {
                 let s = site.as_ref().map(SiteId::to_string).unwrap_or_default();
                 if let Some(site) = &site {
                     tx.site(&d, site)?;
@@ -396,23 +396,23 @@ impl Directory {
             }
             unindex(tx, &d, &u);
             let pr = u.profile.get_or_insert_with(Default::default);
-            if let Some(v) = first {
+            if let Some(v) = first.clone() {
                 pr.first_name = v;
             }
-            if let Some(v) = last {
+            if let Some(v) = last.clone() {
                 pr.last_name = v;
             }
-            if let Some(v) = dept {
+            if let Some(v) = dept.clone() {
                 pr.department = v;
             }
-            if let Some(v) = cid {
+            if let Some(v) = cid.clone() {
                 pr.caller_id_name = v;
             }
-            if let Some(v) = email {
+            if let Some(v) = email.clone() {
                 pr.email = v;
             }
             index(tx, &d, &u);
-            if let Some(h) = password_hash {
+            if let Some(h) = password_hash.clone() {
                 let mut c = tx.credentials(&d, &id)?;
                 c.password_hash = h;
                 c.reset_required = false;

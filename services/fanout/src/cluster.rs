@@ -56,8 +56,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::lease::{CasBucket, CasError};
-use crate::log_reader::LogReader;
 use async_nats::jetstream::{self, kv, stream};
+use presence_bus::log_reader::LogReader;
 
 /// KV bucket of live fanout nodes.
 pub const NODES_BUCKET: &str = "presence_fanout_nodes";

@@ -14,15 +14,12 @@
 //!   snapshots);
 //! - [`lease`]: compare-and-set on KV that holds on replicated buckets of
 //!   every server version (the leases' writes);
-//! - [`log_reader`]: in-order stream reading on consumers of the stream's
-//!   replica count (survives a NATS server's death);
 //! - [`grpc`]: the tonic adapter.
 
 pub mod cluster;
 pub mod convert;
 pub mod grpc;
 pub mod lease;
-pub mod log_reader;
 pub mod service;
 pub mod shard;
 pub mod watch;

@@ -15,8 +15,8 @@
 
 use async_nats::jetstream;
 use bytes::Bytes;
+use presence_bus::log_reader::LogReader;
 use presence_fanout::lease::{CasBucket, CasError};
-use presence_fanout::log_reader::LogReader;
 use presence_testkit::NatsCluster;
 use std::time::Duration;
 

@@ -105,9 +105,7 @@ impl DirectoryHooks for PolicyHooks {
     fn domain_deleted(&self, tx: &mut Tx<'_>, d: &DomainId) -> ApiResult<()> {
         let epoch = records::domain_policy(tx, d)?.epoch;
         for tag in DOMAIN_SCOPED {
-            for k in tx.keys_with_prefix(&keys::prefix(tag, &[d.as_str()]))? {
-                tx.delete(k);
-            }
+            tx.delete_prefix(&keys::prefix(tag, &[d.as_str()]))?;
         }
         // The epoch survives the domain: a domain re-created with the
         // same id continues above it, so no cache entry of the old one

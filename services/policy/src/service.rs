@@ -502,7 +502,7 @@ impl Policy {
                     check_grantees(tx, &d, t.as_str(), std::slice::from_ref(&grantee), max)?
                         .remove(0)
                 } else {
-                    grantee
+                    grantee.clone()
                 };
                 let present = list.contains(&g);
                 match (add, present) {

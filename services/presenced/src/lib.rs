@@ -6,6 +6,7 @@
 //!   before anything binds;
 //! - [`deployment`]: what every node over NATS must share (JetStream,
 //!   recorded settings), checked before serving;
+//! - [`idempotency`]: the `idempotency-key` header of retried writes;
 //! - [`incoming`]: admission of connections (slots, HTTP/2 preface
 //!   deadline) and the open-files limit;
 //! - [`server`]: builds storage, bus and services and serves them on a
@@ -14,6 +15,7 @@
 
 pub mod config;
 pub mod deployment;
+pub mod idempotency;
 pub mod incoming;
 pub mod server;
 pub mod telemetry;

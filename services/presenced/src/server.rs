@@ -9,6 +9,7 @@ use presence_auth::token::Subject;
 use presence_auth::{AuthInterceptor, TokenSigner};
 use presence_bus::nats::NatsConfig;
 use presence_bus::{InProcessBus, NatsBus, SharedBus};
+use presence_directory::replica::{Replica, ReplicaConfig};
 use presence_directory::store::keys;
 use presence_directory::{
     AuthGrpc, Directory, DirectoryConfig, DirectoryGrpc, Store, StoreValidator,
@@ -50,6 +51,12 @@ pub struct Server {
     policy: Policy,
     interceptor: AuthInterceptor,
     bootstrap_token: Option<PathBuf>,
+    /// The replicated directory log, on nodes with the directory or
+    /// policy role over NATS.
+    replica: Option<Replica>,
+    /// Where this node's applier announces applied changes (what the
+    /// local ACL view follows when the directory is replicated).
+    local_bus: SharedBus,
 }
 
 fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -166,8 +173,44 @@ impl Server {
             StoreValidator::without_directory(store.clone())
         };
         let interceptor = AuthInterceptor::required(signer.clone(), Arc::new(validator));
+        let local_bus: SharedBus = Arc::new(InProcessBus::new(cfg.bus_capacity));
+        let keeps_store = cfg.has_role("directory") || cfg.has_role("policy");
+        let replica = match &nats {
+            Some(client) if keeps_store => {
+                if store.log_sequence().map_err(|e| anyhow::anyhow!("{e}"))? == 0
+                    && store.sequence().map_err(|e| anyhow::anyhow!("{e}"))? > 0
+                {
+                    anyhow::bail!(
+                        "{} holds a directory written without the replicated log (an embedded \
+                         broker's): a node on NATS keeps its directory in JetStream. Start it \
+                         with an empty data dir (moving an embedded directory into a \
+                         deployment is not supported yet; docs/deployment.md)",
+                        cfg.data_dir.display()
+                    );
+                }
+                let max_entry = client.server_info().max_payload.saturating_sub(4096);
+                let r = Replica::open(
+                    client.clone(),
+                    store.clone(),
+                    local_bus.clone(),
+                    ReplicaConfig {
+                        replicas: cfg.jetstream_replicas,
+                        max_entry,
+                    },
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("replicated directory: {e}"))?;
+                directory
+                    .set_replica(r.clone())
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some(r)
+            }
+            _ => None,
+        };
         let bootstrap_token = bootstrap(&cfg, &store, &signer)?;
         Ok(Self {
+            replica,
+            local_bus,
             cfg,
             bus,
             nats,
@@ -198,6 +241,15 @@ impl Server {
         shutdown: CancellationToken,
     ) -> anyhow::Result<()> {
         let addr = listener.local_addr()?;
+        // Background work, tied to the shutdown token and awaited below.
+        let tasks = tokio_util::task::TaskTracker::new();
+        if let Some(replica) = &self.replica {
+            tasks.spawn(tracing::Instrument::instrument(
+                replica.clone().run(shutdown.clone()),
+                tracing::info_span!("directory_applier"),
+            ));
+            catch_up(replica, &shutdown).await?;
+        }
         let (reporter, health) = tonic_health::server::health_reporter();
         let serving = self.cfg.has_role("directory");
         let policy_role = self.cfg.has_role("policy");
@@ -228,6 +280,7 @@ impl Server {
             .layer(tower::util::MapResponseLayer::new(
                 oversized_is_resource_exhausted,
             ))
+            .layer(crate::idempotency::IdempotencyLayer)
             .add_service(health)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)
@@ -252,8 +305,6 @@ impl Server {
                 self.interceptor.clone(),
             )
         }));
-        // Background work, tied to the shutdown token and awaited below.
-        let tasks = tokio_util::task::TaskTracker::new();
         if policy_role {
             let sub = presence_policy::remote::subscribe(&self.bus)
                 .await
@@ -282,7 +333,14 @@ impl Server {
                     Duration::from_secs(5),
                 )
             };
-            let acl_sub = AclView::subscribe(&self.bus)
+            // A replicated store: follow changes as this node applies
+            // them, never ahead of its store (the NATS copy of an event
+            // can arrive before the entry is applied here).
+            let acl_bus = match (&self.replica, policy_role) {
+                (Some(_), true) => &self.local_bus,
+                _ => &self.bus,
+            };
+            let acl_sub = AclView::subscribe(acl_bus)
                 .await
                 .map_err(|e| anyhow::anyhow!("acl view: {e}"))?;
             tasks.spawn(tracing::Instrument::instrument(
@@ -428,6 +486,33 @@ impl Server {
     }
 }
 
+/// Waits until this node has applied the whole directory log (as it was
+/// when asked), logging progress; fails when the applier cannot go on.
+async fn catch_up(replica: &Replica, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let from = replica.applied();
+    loop {
+        if shutdown.is_cancelled() {
+            anyhow::bail!("shut down while catching up with the directory log");
+        }
+        if let Some(why) = replica.broken() {
+            anyhow::bail!("replicated directory: {why}");
+        }
+        match replica.catch_up(Duration::from_secs(10)).await {
+            Ok(last) => {
+                tracing::info!(from, to = last, "directory log caught up");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::info!(applied = replica.applied(), error = %e, "catching up with the directory log");
+                tokio::select! {
+                    _ = shutdown.cancelled() => {}
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    }
+}
+
 /// Answers a request message over the size limit with
 /// `RESOURCE_EXHAUSTED`, as the gRPC status codes specify and docs/api.md
 /// documents (tonic's decoder answers `OUT_OF_RANGE`).
@@ -467,11 +552,9 @@ fn bootstrap(cfg: &Config, store: &Store, signer: &TokenSigner) -> anyhow::Resul
     }
     write_private(&path, format!("{token}\n").as_bytes())
         .with_context(|| format!("write {}", path.display()))?;
+    // The node's own fact, never replicated.
     store
-        .write(|tx| {
-            tx.put_raw(marker, b"1".to_vec());
-            Ok(())
-        })
+        .put_local(&marker, b"1")
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(path = %path.display(), "bootstrap admin token written; use it with presencectl --token-file");
     Ok(Some(path))

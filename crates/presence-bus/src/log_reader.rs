@@ -10,11 +10,14 @@
 //! last sequence it returned whenever the current one fails, so messages
 //! come out in stream order, never twice.
 
-use crate::cluster::unavailable;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
-use presence_core::ApiResult;
+use presence_core::{ApiError, ApiResult};
 use std::time::Duration;
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("{what}: {e}"))
+}
 
 /// How long an unused consumer lives on the server.
 const INACTIVE: Duration = Duration::from_secs(30);

@@ -1,0 +1,359 @@
+//! The replicated directory: a JetStream stream as the write-ahead log of
+//! every directory, auth and policy transaction, applied in order by every
+//! node to its own sled store.
+//!
+//! A write runs its transaction against the node's local store without
+//! committing ([`Store::prepare`]); the [`LogEntry`] it yields (what it
+//! read, by digest, and what it writes) is published on
+//! `presence.v1.log.directory` with a `Nats-Msg-Id` derived from the
+//! request, retried with the same id while the stream elects a leader.
+//! Every node's applier ([`Replica::run`]) reads the stream in order and
+//! applies each entry with [`Store::apply_entry`]: an entry whose reads
+//! are unchanged at its place in the log is applied, otherwise it is a
+//! conflict and changes nothing — on every node alike, because the check
+//! only looks at the store that the log before it produced. The writer
+//! waits until its own applier has reached the entry, then answers with
+//! the recorded outcome (and runs the transaction again on a conflict).
+//!
+//! Nothing here relies on per-subject compare-and-set, which is unsafe on
+//! replicated streams of nats-server before 2.9.21: the order of the log
+//! is the only arbiter.
+
+use crate::store::{Applied, LogEntry, Outbox, Store};
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use presence_bus::log_reader::LogReader;
+use presence_bus::{SharedBus, subjects};
+use presence_core::{ApiError, ApiResult};
+use prost::Message;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Name of the JetStream stream that holds the log.
+pub const STREAM: &str = "PRESENCE_DIRECTORY";
+
+/// How long a publish keeps being retried (with the same message id)
+/// before the write is answered `Unavailable`: longer than a stream
+/// leader election (4–9 s), well inside the duplicate window.
+const APPEND_FOR: Duration = Duration::from_secs(20);
+
+/// The duplicate window of the stream: a retry with the same message id
+/// within it is recognized by the server.
+const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Settings of the replicated log.
+#[derive(Debug, Clone)]
+pub struct ReplicaConfig {
+    /// Replicas of the stream (3 on a 3-server cluster).
+    pub replicas: usize,
+    /// Largest encoded entry, in bytes (the NATS server's `max_payload`,
+    /// 1 MiB by default); a larger transaction is refused.
+    pub max_entry: usize,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            max_entry: 1024 * 1024,
+        }
+    }
+}
+
+/// A node's handle on the replicated log.
+#[derive(Clone)]
+pub struct Replica {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    js: jetstream::Context,
+    stream: stream::Stream,
+    store: Arc<Store>,
+    cfg: ReplicaConfig,
+    /// The last log sequence this node applied.
+    applied: watch::Sender<u64>,
+    /// Set when the applier cannot go on (the log no longer holds the
+    /// entries after this node's store): the node must not serve.
+    broken: watch::Sender<Option<String>>,
+    /// Where the applier publishes what each applied entry announces, so
+    /// that in-process consumers (the ACL view) see a change only once
+    /// this node's store holds it.
+    local: SharedBus,
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::Unavailable(format!("{what}: {e}"))
+}
+
+impl Replica {
+    /// Opens (or creates) the log stream for `store`. Fails when the
+    /// store holds entries the stream does not (a store of another
+    /// deployment, or of a stream that was deleted) or when the stream no
+    /// longer holds the entries that follow the store (it was compacted
+    /// past it: load a snapshot first).
+    pub async fn open(
+        client: async_nats::Client,
+        store: Arc<Store>,
+        local: SharedBus,
+        cfg: ReplicaConfig,
+    ) -> ApiResult<Self> {
+        let js = jetstream::new(client);
+        let mut stream = js
+            .get_or_create_stream(stream::Config {
+                name: STREAM.into(),
+                subjects: vec![subjects::directory_log()],
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas.max(1),
+                duplicate_window: DUPLICATE_WINDOW,
+                allow_direct: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+        let info = stream
+            .info()
+            .await
+            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+        let applied = store.log_sequence()?;
+        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+        if applied > last {
+            return Err(ApiError::FailedPrecondition(format!(
+                "the directory store has applied log entry {applied} but stream {STREAM} ends at \
+                 {last}: this data dir belongs to another deployment (or the stream was deleted); \
+                 start with an empty data dir or restore a backup"
+            )));
+        }
+        if applied < last && first > applied + 1 {
+            return Err(ApiError::FailedPrecondition(format!(
+                "stream {STREAM} starts at entry {first} but this store has applied only \
+                 {applied}: the log was compacted past it; start with an empty data dir to load \
+                 the newest snapshot"
+            )));
+        }
+        let stream = js
+            .get_stream(STREAM)
+            .await
+            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+        let (applied, _) = watch::channel(applied);
+        let (broken, _) = watch::channel(None);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                js,
+                stream,
+                store,
+                cfg,
+                applied,
+                broken,
+                local,
+            }),
+        })
+    }
+
+    /// Returns the last log sequence this node applied.
+    pub fn applied(&self) -> u64 {
+        *self.inner.applied.borrow()
+    }
+
+    /// Returns why the applier stopped, if it did.
+    pub fn broken(&self) -> Option<String> {
+        self.inner.broken.borrow().clone()
+    }
+
+    /// Publishes `entry` with message id `msg_id` and returns its log
+    /// sequence, and whether the log already held an entry with that id
+    /// (then the sequence is the original's). Retried with the same id
+    /// (so stored once) while the stream has no leader, for up to 20 s;
+    /// then `Unavailable`.
+    pub async fn append(&self, entry: &LogEntry, msg_id: &str) -> ApiResult<(u64, bool)> {
+        let payload = entry.encode_to_vec();
+        if payload.len() > self.inner.cfg.max_entry {
+            return Err(ApiError::ResourceExhausted(format!(
+                "the change is {} bytes in the directory log, at most {}; split it \
+                 (for example delete users before their domain)",
+                payload.len(),
+                self.inner.cfg.max_entry
+            )));
+        }
+        let payload = bytes::Bytes::from(payload);
+        let deadline = tokio::time::Instant::now() + APPEND_FOR;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let msg = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(msg_id);
+            let ack = match self
+                .inner
+                .js
+                .send_publish(subjects::directory_log(), msg)
+                .await
+            {
+                Ok(f) => f.await,
+                Err(e) => Err(e),
+            };
+            let err = match ack {
+                Ok(a) => return Ok((a.sequence, a.duplicate)),
+                Err(e) => e,
+            };
+            let retry = matches!(
+                err.kind(),
+                PublishErrorKind::TimedOut
+                    | PublishErrorKind::StreamNotFound
+                    | PublishErrorKind::BrokenPipe
+                    | PublishErrorKind::Other
+            );
+            if !retry || tokio::time::Instant::now() + pause > deadline {
+                metrics::counter!("presence_directory_log_append_failures_total").increment(1);
+                return Err(unavailable("directory log", err));
+            }
+            tracing::debug!(error = %err, "directory log append retried");
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Waits until this node has applied log sequence `seq`.
+    pub async fn wait_applied(&self, seq: u64, timeout: Duration) -> ApiResult<()> {
+        let mut rx = self.inner.applied.subscribe();
+        let mut broken = self.inner.broken.subscribe();
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() >= seq {
+                    return Ok(());
+                }
+                if let Some(why) = broken.borrow_and_update().clone() {
+                    return Err(ApiError::Unavailable(why));
+                }
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() {
+                        return Err(ApiError::Unavailable("directory applier stopped".into()));
+                    },
+                    _ = broken.changed() => {}
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(ApiError::Unavailable(format!(
+                "this node has not applied directory log entry {seq} yet (at {})",
+                self.applied()
+            ))),
+        }
+    }
+
+    /// Returns the last sequence of the log, as its leader knows it.
+    pub async fn last_sequence(&self) -> ApiResult<u64> {
+        let mut s = self.inner.stream.clone();
+        let info = s
+            .info()
+            .await
+            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+        Ok(info.state.last_sequence)
+    }
+
+    /// Waits until this node has applied everything the log held when
+    /// called.
+    pub async fn catch_up(&self, timeout: Duration) -> ApiResult<u64> {
+        let last = self.last_sequence().await?;
+        self.wait_applied(last, timeout).await?;
+        Ok(last)
+    }
+
+    /// Applies the log in order until `shutdown`: each entry in one
+    /// durable sled batch, then what it announces on the local bus.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut log = LogReader::new(
+            self.inner.stream.clone(),
+            self.inner.cfg.replicas,
+            Some(self.applied()),
+        );
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                m = log.next() => m,
+            };
+            let msg = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "directory log read failed; retrying");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    continue;
+                }
+            };
+            pause = Duration::from_millis(50);
+            let seq = match msg.info() {
+                Ok(i) => i.stream_sequence,
+                Err(e) => {
+                    tracing::warn!(error = %e, "directory log message without info");
+                    log.reopen();
+                    continue;
+                }
+            };
+            let expected = self.applied() + 1;
+            if seq != expected {
+                // A consumer asked to start at a purged sequence starts
+                // at the first one left: never apply across a gap.
+                let why = format!(
+                    "directory log jumps from {} to {seq}: the entries between were removed; \
+                     this node must be restarted with an empty data dir",
+                    expected - 1
+                );
+                tracing::error!("{why}");
+                self.inner.broken.send_replace(Some(why));
+                return;
+            }
+            let entry = match LogEntry::decode(msg.payload.clone()) {
+                Ok(e) => e,
+                Err(e) => {
+                    let why = format!("directory log entry {seq} is malformed: {e}");
+                    tracing::error!("{why}");
+                    self.inner.broken.send_replace(Some(why));
+                    return;
+                }
+            };
+            let store = self.inner.store.clone();
+            let applied = tokio::task::spawn_blocking(move || {
+                store.apply_entry(&entry, seq).map(|a| (a, entry))
+            })
+            .await;
+            match applied {
+                Ok(Ok((a, _))) => {
+                    self.inner.applied.send_replace(seq);
+                    metrics::gauge!("presence_directory_log_applied").set(seq as f64);
+                    if let Applied::Committed(outbox) = a {
+                        self.announce(outbox).await;
+                    } else if matches!(a, Applied::Conflict) {
+                        metrics::counter!("presence_directory_log_conflicts_total").increment(1);
+                    }
+                }
+                Ok(Err(e)) => {
+                    let why = format!("directory log entry {seq} could not be applied: {e}");
+                    tracing::error!("{why}");
+                    self.inner.broken.send_replace(Some(why));
+                    return;
+                }
+                Err(e) => {
+                    let why = format!("directory applier failed: {e}");
+                    tracing::error!("{why}");
+                    self.inner.broken.send_replace(Some(why));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Publishes what an applied entry announces to in-process consumers.
+    async fn announce(&self, outbox: Outbox) {
+        for (subject, payload) in outbox.messages {
+            if let Err(e) = self.inner.local.publish(subject, payload.into()).await {
+                tracing::warn!(error = %e, "local announcement not delivered");
+            }
+        }
+    }
+}

@@ -1,0 +1,251 @@
+//! The replicated directory with real processes: three nats-servers in one
+//! JetStream cluster and three presenced nodes with every role, the
+//! directory log at three replicas. Writes go through every node; a
+//! change through one node is read on the others; conflicting updates of
+//! one record through three nodes have exactly one winner per round; a
+//! node killed with -9 catches up when it comes back, and in the end every
+//! node's store has the same digest. A retried write (same idempotency
+//! key) through another node gets the original answer, applied once.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use presence_client::{PresenceClient, connect};
+use presence_proto::v1;
+use presence_testkit::{ChildGuard as Proc, NatsCluster, spawn_ready};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+use tonic::Code;
+
+/// Starts node `id` seeded with `nats` and waits for its ready file.
+fn node(dir: &Path, id: &str, nats: &str, key: Option<&Path>) -> (Proc, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .args(["--nats-url", nats])
+        .env("PRESENCE_NODE_ID", id)
+        .env("PRESENCE_JETSTREAM_REPLICAS", "3")
+        .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1");
+    if let Some(k) = key {
+        cmd.env("PRESENCE_AUTH_KEY_FILE", k);
+    }
+    spawn_ready(cmd, &dir.join(format!("{id}.ready")), &format!("node {id}"))
+}
+
+/// Waits until `user` of acme is at `version` (at least) on `c`: the
+/// bounded lag of a node that did not take the write.
+async fn wait_version(c: &mut PresenceClient, user: &str, version: u64) -> v1::User {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(u) = c
+            .directory
+            .get_user(v1::GetUserRequest {
+                domain: "acme".into(),
+                id: user.into(),
+            })
+            .await
+        {
+            let u = u.into_inner();
+            if u.version >= version {
+                return u;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "user {user} never reached version {version}"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rename(id: &str, version: u64, name: String) -> v1::UpdateUserRequest {
+    v1::UpdateUserRequest {
+        domain: "acme".into(),
+        id: id.into(),
+        expected_version: version,
+        profile: Some(v1::ProfileUpdate {
+            first_name: Some(name),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn digest(dir: &Path) -> String {
+    let store = presence_directory::Store::open(&dir.join("directory")).unwrap();
+    store.digest().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_three_nodes_share_one_directory_through_the_log() {
+    let mut nats = NatsCluster::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (a, url_a) = node(dir, "a", &nats.url(0), None);
+    let key = dir.join("a/auth.key");
+    let (b, url_b) = node(dir, "b", &nats.url(1), Some(&key));
+    let (c, url_c) = node(dir, "c", &nats.urls(), Some(&key));
+    let mut procs = vec![a, b, c];
+    let token = std::fs::read_to_string(dir.join("a/bootstrap-admin.token")).unwrap();
+    let token = token.trim().to_owned();
+    let mut ca = connect(&url_a, Some(&token)).await.unwrap();
+    let mut cb = connect(&url_b, Some(&token)).await.unwrap();
+    let mut cc = connect(&url_c, Some(&token)).await.unwrap();
+
+    // A domain created through a; its first user through a too, the
+    // others through b and c once they see the domain.
+    ca.directory
+        .create_domain(v1::CreateDomainRequest {
+            id: "acme".into(),
+            name: "Acme".into(),
+            dns_name: "acme.example.com".into(),
+        })
+        .await
+        .unwrap();
+    let user = |id: &str| v1::CreateUserRequest {
+        domain: "acme".into(),
+        id: id.into(),
+        scope: v1::Scope::BasicUser as i32,
+        profile: Some(v1::Profile {
+            first_name: id.into(),
+            last_name: "Test".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    ca.directory.create_user(user("1001")).await.unwrap();
+    wait_version(&mut cb, "1001", 1).await;
+    wait_version(&mut cc, "1001", 1).await;
+    cb.directory.create_user(user("1002")).await.unwrap();
+    cc.directory.create_user(user("1003")).await.unwrap();
+    // Read-your-writes on the node that took the write.
+    let got = cc
+        .directory
+        .get_user(v1::GetUserRequest {
+            domain: "acme".into(),
+            id: "1003".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.profile.unwrap().first_name, "1003");
+    // A record created twice through two nodes: one wins.
+    let twice = tokio::join!(
+        ca.directory.create_user(user("1004")),
+        cb.directory.create_user(user("1004"))
+    );
+    let wins = [twice.0.is_ok(), twice.1.is_ok()];
+    assert_eq!(wins.iter().filter(|w| **w).count(), 1, "{twice:?}");
+    for r in [&twice.0, &twice.1] {
+        if let Err(s) = r {
+            assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
+        }
+    }
+
+    // Conflicting updates of one record through three nodes, each with
+    // the version all three saw: exactly one winner per round.
+    let mut version = wait_version(&mut ca, "1001", 1).await.version;
+    for round in 0..8 {
+        wait_version(&mut cb, "1001", version).await;
+        wait_version(&mut cc, "1001", version).await;
+        let (ra, rb, rc) = tokio::join!(
+            ca.directory
+                .update_user(rename("1001", version, format!("a{round}"))),
+            cb.directory
+                .update_user(rename("1001", version, format!("b{round}"))),
+            cc.directory
+                .update_user(rename("1001", version, format!("c{round}"))),
+        );
+        let results = [ra, rb, rc];
+        let winners: Vec<&v1::User> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().map(|u| u.get_ref()))
+            .collect();
+        assert_eq!(winners.len(), 1, "round {round}: {results:?}");
+        for r in &results {
+            if let Err(s) = r {
+                assert_eq!(s.code(), Code::Aborted, "round {round}: {s:?}");
+            }
+        }
+        let winner = winners[0].clone();
+        assert_eq!(winner.version, version + 1);
+        version = winner.version;
+        // Every node ends with the winner's name.
+        for cl in [&mut ca, &mut cb, &mut cc] {
+            let u = wait_version(cl, "1001", version).await;
+            assert_eq!(u.profile, winner.profile, "round {round}");
+        }
+    }
+
+    // A retried request (same idempotency key) through another node is
+    // answered as the first and applied once.
+    let keyed = |id: &str| {
+        let mut r = tonic::Request::new(user(id));
+        r.metadata_mut()
+            .insert("idempotency-key", "create-2001".parse().unwrap());
+        r
+    };
+    let first = ca.directory.create_user(keyed("2001")).await.unwrap();
+    let retried = cb.directory.create_user(keyed("2001")).await.unwrap();
+    assert_eq!(first.get_ref(), retried.get_ref());
+    // Without the key the same request is a second create.
+    let again = cc.directory.create_user(user("2001")).await.unwrap_err();
+    assert_eq!(again.code(), Code::AlreadyExists);
+
+    // Node c killed with -9; writes go on through a and b; c comes back
+    // and catches up before it serves.
+    procs[2].0.kill().unwrap();
+    procs[2].0.wait().unwrap();
+    for i in 0..20 {
+        let cl = if i % 2 == 0 { &mut ca } else { &mut cb };
+        cl.directory
+            .create_user(user(&format!("30{i:02}")))
+            .await
+            .unwrap();
+    }
+    std::fs::remove_file(dir.join("c.ready")).ok();
+    let (c, url_c) = node(dir, "c", &nats.urls(), Some(&key));
+    procs[2] = c;
+    let mut cc = connect(&url_c, Some(&token)).await.unwrap();
+    let back = cc
+        .directory
+        .get_user(v1::GetUserRequest {
+            domain: "acme".into(),
+            id: "3019".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(back.get_ref().id, "3019", "caught up before serving");
+
+    // The stream survives one NATS server's death: writes resume.
+    nats.kill(2);
+    ca.directory.create_user(user("4001")).await.unwrap();
+    wait_version(&mut cb, "4001", 1).await;
+    nats.restart(2);
+
+    // A node with an empty data dir joins and serves the same data.
+    let (d, url_d) = node(dir, "d", &nats.url(2), Some(&key));
+    let mut cd = connect(&url_d, Some(&token)).await.unwrap();
+    wait_version(&mut cd, "4001", 1).await;
+    procs.push(d);
+
+    // Every node applied the same log: equal store digests.
+    let last = wait_version(&mut ca, "1001", version).await;
+    for cl in [&mut cb, &mut cc, &mut cd] {
+        wait_version(cl, "4001", 1).await;
+        assert_eq!(wait_version(cl, "1001", version).await, last);
+    }
+    for p in &mut procs {
+        p.terminate(Duration::from_secs(10));
+    }
+    let digests: Vec<String> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|id| digest(&dir.join(id)))
+        .collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "store digests differ: {digests:?}"
+    );
+}
