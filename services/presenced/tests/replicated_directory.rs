@@ -5,7 +5,8 @@
 //! one record through three nodes have exactly one winner per round; a
 //! node killed with -9 catches up when it comes back, and in the end every
 //! node's store has the same digest. A retried write (same idempotency
-//! key) through another node gets the original answer, applied once.
+//! key) through another node gets the original answer, applied once; a
+//! password changed through one node ends sessions issued by another.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -193,6 +194,57 @@ async fn test_three_nodes_share_one_directory_through_the_log() {
     // Without the key the same request is a second create.
     let again = cc.directory.create_user(user("2001")).await.unwrap_err();
     assert_eq!(again.code(), Code::AlreadyExists);
+
+    // A password set through a: a login on b works once b applied it;
+    // a second change through a ends the session b issued and refuses
+    // the old password on b.
+    let set_pw = |pw: &str| v1::UpdateUserRequest {
+        domain: "acme".into(),
+        id: "1002".into(),
+        password: Some(pw.into()),
+        ..Default::default()
+    };
+    let login = |pw: &str| v1::LoginRequest {
+        domain: "acme".into(),
+        user: "1002".into(),
+        password: pw.into(),
+        new_password: None,
+    };
+    let v = ca
+        .directory
+        .update_user(set_pw("first secret pw"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    wait_version(&mut cb, "1002", v).await;
+    let session = cb
+        .auth
+        .login(login("first secret pw"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut as_user = connect(&url_b, Some(&session)).await.unwrap();
+    let me = v1::GetUserRequest {
+        domain: "acme".into(),
+        id: "1002".into(),
+    };
+    as_user.directory.get_user(me.clone()).await.unwrap();
+    let v = ca
+        .directory
+        .update_user(set_pw("second secret pw"))
+        .await
+        .unwrap()
+        .into_inner()
+        .version;
+    wait_version(&mut cb, "1002", v).await;
+    let ended = as_user.directory.get_user(me).await.unwrap_err();
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    let old = cb.auth.login(login("first secret pw")).await.unwrap_err();
+    assert_eq!(old.code(), Code::Unauthenticated, "{old:?}");
+    wait_version(&mut cc, "1002", v).await;
+    cc.auth.login(login("second secret pw")).await.unwrap();
 
     // Node c killed with -9; writes go on through a and b; c comes back
     // and catches up before it serves.
