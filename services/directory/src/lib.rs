@@ -17,6 +17,8 @@
 //! - [`hooks`]: extension points run inside directory transactions;
 //! - [`replica`]: the replicated log (JetStream) and its applier;
 //! - [`replicated`]: transaction ids of replicated writes;
+//! - [`snapshot`]: snapshot files of the store (log compaction, joining,
+//!   backup and restore);
 //! - [`grpc`]: the tonic adapters.
 
 pub mod auth;
@@ -32,6 +34,7 @@ pub mod replica;
 pub mod replicated;
 pub mod search;
 pub mod service;
+pub mod snapshot;
 pub mod store;
 mod users;
 

@@ -73,17 +73,31 @@ pub mod keys {
     pub const INCARNATION: &str = "N";
     /// Outcome of a transaction of the replicated log: `T\0tx_id`.
     pub const TX: &str = "T";
+    /// The transaction recorded at a log sequence (20 decimal digits):
+    /// `TS\0sequence` → tx id, so outcomes are pruned in log order.
+    pub const TX_BY_SEQ: &str = "TS";
+
+    /// The key of the transaction recorded at log sequence `seq`.
+    pub fn tx_at(seq: u64) -> Vec<u8> {
+        key(TX_BY_SEQ, &[&format!("{seq:020}")])
+    }
 }
+
+/// How many log entries a transaction's outcome stays recorded for: a
+/// retry of a write (same idempotency key) is recognized until this many
+/// later entries were applied. Pruned in log order, identically on every
+/// node.
+pub const OUTCOMES_KEPT: u64 = 100_000;
 
 /// The open store.
 pub struct Store {
-    db: sled::Db,
-    tree: sled::Tree,
-    write_lock: Mutex<()>,
-    sync: bool,
+    pub(crate) db: sled::Db,
+    pub(crate) tree: sled::Tree,
+    pub(crate) write_lock: Mutex<()>,
+    pub(crate) sync: bool,
 }
 
-fn storage(e: sled::Error) -> ApiError {
+pub(crate) fn storage(e: sled::Error) -> ApiError {
     tracing::error!(error = %e, "directory storage error");
     ApiError::Internal(format!("storage: {e}"))
 }
@@ -277,6 +291,10 @@ impl Store {
     /// moves the applied sequence. The same entries in the same order give
     /// the same outcomes and the same store on every node.
     pub fn apply_entry(&self, e: &LogEntry, seq: u64) -> ApiResult<Applied> {
+        self.apply_entry_keeping(e, seq, OUTCOMES_KEPT)
+    }
+
+    fn apply_entry_keeping(&self, e: &LogEntry, seq: u64, kept: u64) -> ApiResult<Applied> {
         let guard = match self.write_lock.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -291,6 +309,9 @@ impl Store {
         batch.insert(keys::key(keys::META, &["log"]), seq.to_be_bytes().to_vec());
         let tx_key = keys::key(keys::TX, &[&e.tx_id]);
         let prior: Option<TxOutcome> = self.get(&tx_key)?;
+        if seq > kept {
+            self.prune_outcome(seq - kept, &mut batch)?;
+        }
         let applied = if prior.is_some_and(|p| p.committed) {
             Applied::Duplicate
         } else if !self.unchanged(e)? {
@@ -300,6 +321,7 @@ impl Store {
                 reply: Vec::new(),
             };
             batch.insert(tx_key, o.encode_to_vec());
+            batch.insert(keys::tx_at(seq), e.tx_id.as_bytes());
             Applied::Conflict
         } else {
             for p in &e.clears {
@@ -320,6 +342,7 @@ impl Store {
                 reply: e.reply.clone(),
             };
             batch.insert(tx_key, o.encode_to_vec());
+            batch.insert(keys::tx_at(seq), e.tx_id.as_bytes());
             batch.insert(keys::key(keys::META, &["seq"]), seq.to_be_bytes().to_vec());
             let mut events = e.events.clone();
             for ev in &mut events {
@@ -340,6 +363,23 @@ impl Store {
             self.db.flush().map_err(storage)?;
         }
         Ok(applied)
+    }
+
+    /// Forgets the outcome recorded at log sequence `seq`, unless a later
+    /// attempt of the same transaction recorded its own.
+    fn prune_outcome(&self, seq: u64, batch: &mut sled::Batch) -> ApiResult<()> {
+        let at = keys::tx_at(seq);
+        let Some(tx_id) = self.get_raw(&at)? else {
+            return Ok(());
+        };
+        batch.remove(at);
+        let tx_key = keys::key(keys::TX, &[&String::from_utf8_lossy(&tx_id)]);
+        if let Some(o) = self.get::<TxOutcome>(&tx_key)?
+            && o.sequence == seq
+        {
+            batch.remove(tx_key);
+        }
+        Ok(())
     }
 
     /// Whether every value and key set `e` read is still what it read.
@@ -391,7 +431,7 @@ impl Store {
     }
 }
 
-fn u64_from(v: &[u8]) -> u64 {
+pub(crate) fn u64_from(v: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     if v.len() == 8 {
         b.copy_from_slice(v);
@@ -564,7 +604,7 @@ fn value_digest(v: Option<&[u8]>) -> Vec<u8> {
     }
 }
 
-fn digest_key(h: &mut Sha256, k: &[u8]) {
+pub(crate) fn digest_key(h: &mut Sha256, k: &[u8]) {
     h.update((k.len() as u64).to_be_bytes());
     h.update(k);
 }
@@ -793,6 +833,53 @@ mod tests {
         let (_, clear) = store.prepare(|tx| tx.delete_prefix(&p))?;
         assert!(matches!(apply(clear)?, Applied::Committed(_)));
         assert_eq!(store.scan(&p, None).count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn test_outcomes_are_pruned_in_log_order_but_a_later_attempt_is_kept() -> ApiResult<()> {
+        let dir = tempfile::tempdir().map_err(|e| ApiError::Internal(e.to_string()))?;
+        let store = Store::open_unsynced(dir.path())?;
+        let entry = |tx: &str, n: u8| LogEntry {
+            tx_id: tx.into(),
+            writes: vec![WriteOp {
+                key: keys::key(keys::QUEUE, &["acme", tx]),
+                value: Some(vec![n]),
+            }],
+            ..Default::default()
+        };
+        let stale = |tx: &str| LogEntry {
+            tx_id: tx.into(),
+            reads: vec![Check {
+                key: keys::key(keys::QUEUE, &["acme", "t1"]),
+                digest: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        store.apply_entry_keeping(&entry("t1", 1), 1, 3)?;
+        // t2's first attempt conflicts at 2, its retry commits at 3.
+        assert!(matches!(
+            store.apply_entry_keeping(&stale("t2"), 2, 3)?,
+            Applied::Conflict
+        ));
+        assert!(matches!(
+            store.apply_entry_keeping(&entry("t2", 2), 3, 3)?,
+            Applied::Committed(_)
+        ));
+        store.apply_entry_keeping(&entry("t3", 3), 4, 3)?;
+        assert!(store.outcome("t1")?.is_none(), "pruned 3 entries later");
+        store.apply_entry_keeping(&entry("t4", 4), 5, 3)?;
+        // Pruning entry 2 leaves the outcome entry 3 recorded.
+        assert_eq!(store.outcome("t2")?.map(|o| o.sequence), Some(3));
+        store.apply_entry_keeping(&entry("t5", 5), 6, 3)?;
+        assert!(store.outcome("t2")?.is_none());
+        assert!(store.outcome("t5")?.is_some());
+        assert_eq!(
+            store
+                .scan(&keys::prefix(keys::TX_BY_SEQ, &[]), None)
+                .count(),
+            3
+        );
         Ok(())
     }
 }
