@@ -12,9 +12,11 @@
 //!   are spelled out; documented in docs/subjects.md);
 //! - [`inprocess`], [`nats`]: the two implementations;
 //! - [`pattern`]: NATS subject matching, used by the in-process bus;
+//! - [`buckets`]: JetStream KV buckets opened alike everywhere;
 //! - [`log_reader`]: reading a JetStream stream in order across server
 //!   deaths (the shard logs and the replicated directory log).
 
+pub mod buckets;
 pub mod inprocess;
 pub mod log_reader;
 pub mod nats;

@@ -19,10 +19,13 @@
 //! - [`replicated`]: transaction ids of replicated writes;
 //! - [`snapshot`]: snapshot files of the store (log compaction, joining,
 //!   backup and restore);
+//! - [`compaction`]: snapshots published to JetStream and the log purged
+//!   behind them;
 //! - [`grpc`]: the tonic adapters.
 
 pub mod auth;
 pub mod authz;
+pub mod compaction;
 pub mod grpc;
 pub mod hashing;
 pub mod hooks;

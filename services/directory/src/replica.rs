@@ -19,12 +19,15 @@
 //! replicated streams of nats-server before 2.9.21: the order of the log
 //! is the only arbiter.
 
+use crate::compaction::{Catalog, Snapshots};
+use crate::snapshot::ImportOptions;
 use crate::store::{Applied, LogEntry, Outbox, Store};
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use presence_bus::log_reader::LogReader;
 use presence_bus::{SharedBus, subjects};
 use presence_core::{ApiError, ApiResult};
 use prost::Message;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -50,6 +53,17 @@ pub struct ReplicaConfig {
     /// Largest encoded entry, in bytes (the NATS server's `max_payload`,
     /// 1 MiB by default); a larger transaction is refused.
     pub max_entry: usize,
+    /// Where snapshots are written and downloaded (on the data dir's
+    /// file system: a snapshot is as large as the store).
+    pub work_dir: PathBuf,
+    /// A snapshot is published once the log has grown by this many
+    /// entries past the newest one (0: this node never publishes one).
+    pub snapshot_every: u64,
+    /// How often a node checks whether a snapshot is due; also the
+    /// lease's lifetime, so at most one node snapshots per interval.
+    pub snapshot_interval: Duration,
+    /// This node's name, recorded with the snapshots it publishes.
+    pub node: String,
 }
 
 impl Default for ReplicaConfig {
@@ -57,6 +71,10 @@ impl Default for ReplicaConfig {
         Self {
             replicas: 1,
             max_entry: 1024 * 1024,
+            work_dir: std::env::temp_dir(),
+            snapshot_every: 10_000,
+            snapshot_interval: Duration::from_secs(60),
+            node: String::new(),
         }
     }
 }
@@ -71,6 +89,7 @@ struct Inner {
     js: jetstream::Context,
     stream: stream::Stream,
     store: Arc<Store>,
+    snapshots: Snapshots,
     cfg: ReplicaConfig,
     /// The last log sequence this node applied.
     applied: watch::Sender<u64>,
@@ -87,12 +106,81 @@ fn unavailable(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::Unavailable(format!("{what}: {e}"))
 }
 
+/// The log stream's configuration.
+pub(crate) fn stream_config(replicas: usize) -> stream::Config {
+    stream::Config {
+        name: STREAM.into(),
+        subjects: vec![subjects::directory_log()],
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        duplicate_window: DUPLICATE_WINDOW,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Loads into `store` the newest published snapshot that the log
+/// (starting at `first`) continues, falling back to older ones when a
+/// download is damaged.
+async fn load_snapshot(
+    snapshots: &Snapshots,
+    store: &Arc<Store>,
+    cfg: &ReplicaConfig,
+    first: u64,
+    applied: u64,
+) -> ApiResult<u64> {
+    let catalog = snapshots.catalog().await?;
+    let path = cfg.work_dir.join("directory-snapshot.download");
+    let mut last_error = None;
+    for entry in catalog.snapshots.iter().rev() {
+        if entry.log_sequence + 1 < first {
+            continue;
+        }
+        tracing::info!(
+            snapshot = %entry.name,
+            log_sequence = entry.log_sequence,
+            bytes = entry.bytes,
+            applied,
+            "loading the directory from a snapshot"
+        );
+        let loaded = async {
+            snapshots.download(entry, &path).await?;
+            let (store, p) = (store.clone(), path.clone());
+            tokio::task::spawn_blocking(move || store.import_snapshot(&p, ImportOptions::default()))
+                .await
+                .map_err(|e| ApiError::Internal(format!("snapshot load: {e}")))?
+        }
+        .await;
+        let _ = std::fs::remove_file(&path);
+        match loaded {
+            Ok(info) => {
+                metrics::counter!("presence_directory_snapshots_loaded_total").increment(1);
+                return Ok(info.log_sequence);
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %entry.name, error = %e, "snapshot not loaded");
+                last_error = Some(e);
+            }
+        }
+    }
+    Err(ApiError::FailedPrecondition(format!(
+        "stream {STREAM} starts at entry {first} but this store has applied only {applied}, \
+         and no published snapshot bridges the gap ({} in {}{}); restore a backup",
+        catalog.snapshots.len(),
+        crate::compaction::SNAPSHOTS_BUCKET,
+        last_error
+            .map(|e| format!(", last error: {e}"))
+            .unwrap_or_default()
+    )))
+}
+
 impl Replica {
-    /// Opens (or creates) the log stream for `store`. Fails when the
-    /// store holds entries the stream does not (a store of another
-    /// deployment, or of a stream that was deleted) or when the stream no
-    /// longer holds the entries that follow the store (it was compacted
-    /// past it: load a snapshot first).
+    /// Opens (or creates) the log stream and the snapshot buckets for
+    /// `store`. A store behind the start of the log (empty, or down for
+    /// longer than the retained snapshots cover) first loads the newest
+    /// snapshot that the log continues. Fails when the store holds
+    /// entries the stream does not (a store of another deployment, or of
+    /// a stream that was deleted) or when no snapshot bridges the gap.
     pub async fn open(
         client: async_nats::Client,
         store: Arc<Store>,
@@ -100,42 +188,44 @@ impl Replica {
         cfg: ReplicaConfig,
     ) -> ApiResult<Self> {
         let js = jetstream::new(client);
+        js.get_or_create_stream(stream_config(cfg.replicas))
+            .await
+            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
         let mut stream = js
-            .get_or_create_stream(stream::Config {
-                name: STREAM.into(),
-                subjects: vec![subjects::directory_log()],
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas.max(1),
-                duplicate_window: DUPLICATE_WINDOW,
-                allow_direct: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
-        let info = stream
-            .info()
-            .await
-            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
-        let applied = store.log_sequence()?;
-        let (first, last) = (info.state.first_sequence, info.state.last_sequence);
-        if applied > last {
-            return Err(ApiError::FailedPrecondition(format!(
-                "the directory store has applied log entry {applied} but stream {STREAM} ends at \
-                 {last}: this data dir belongs to another deployment (or the stream was deleted); \
-                 start with an empty data dir or restore a backup"
-            )));
-        }
-        if applied < last && first > applied + 1 {
-            return Err(ApiError::FailedPrecondition(format!(
-                "stream {STREAM} starts at entry {first} but this store has applied only \
-                 {applied}: the log was compacted past it; start with an empty data dir to load \
-                 the newest snapshot"
-            )));
-        }
-        let stream = js
             .get_stream(STREAM)
             .await
             .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+        let snapshots = Snapshots::open(&js, cfg.replicas, cfg.snapshot_interval).await?;
+        // The log may be compacted while a snapshot loads: look again.
+        let mut attempts = 0;
+        let applied = loop {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+            let applied = store.log_sequence()?;
+            let behind = applied < last && first > applied + 1;
+            if !store.import_pending()? && !behind {
+                if applied > last {
+                    return Err(ApiError::FailedPrecondition(format!(
+                        "the directory store has applied log entry {applied} but stream \
+                         {STREAM} ends at {last}: this data dir belongs to another deployment \
+                         (or the stream was deleted); start with an empty data dir or restore \
+                         a backup"
+                    )));
+                }
+                break applied;
+            }
+            attempts += 1;
+            if attempts > 3 {
+                return Err(ApiError::Unavailable(format!(
+                    "stream {STREAM} was compacted past every snapshot this node loaded \
+                     (it starts at {first}); try again"
+                )));
+            }
+            load_snapshot(&snapshots, &store, &cfg, first, applied).await?;
+        };
         let (applied, _) = watch::channel(applied);
         let (broken, _) = watch::channel(None);
         Ok(Self {
@@ -143,6 +233,7 @@ impl Replica {
                 js,
                 stream,
                 store,
+                snapshots,
                 cfg,
                 applied,
                 broken,
@@ -159,6 +250,19 @@ impl Replica {
     /// Returns why the applier stopped, if it did.
     pub fn broken(&self) -> Option<String> {
         self.inner.broken.borrow().clone()
+    }
+
+    /// Resolves when the applier stops for good, with the reason.
+    pub async fn stopped(&self) -> String {
+        let mut rx = self.inner.broken.subscribe();
+        loop {
+            if let Some(why) = rx.borrow_and_update().clone() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return "directory applier gone".into();
+            }
+        }
     }
 
     /// Publishes `entry` with message id `msg_id` and returns its log
@@ -346,6 +450,72 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// Publishes a snapshot whenever one is due (see [`crate::compaction`])
+    /// and this node holds the lease, until `shutdown`.
+    pub async fn run_snapshots(self, shutdown: CancellationToken) {
+        if self.inner.cfg.snapshot_every == 0 {
+            return;
+        }
+        let mut tick = tokio::time::interval(self.inner.cfg.snapshot_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            if self.broken().is_some() {
+                return;
+            }
+            match self.snapshot_if_due().await {
+                Ok(Some(c)) => tracing::info!(
+                    log_sequence = c.newest_sequence(),
+                    retained = c.snapshots.len(),
+                    "directory snapshot published"
+                ),
+                Ok(None) => {}
+                Err(e) => {
+                    metrics::counter!("presence_directory_snapshot_failures_total").increment(1);
+                    tracing::warn!(error = %e, "directory snapshot failed");
+                }
+            }
+        }
+    }
+
+    /// Publishes a snapshot of this node's store if the log has grown
+    /// enough since the newest one and this node wins the lease, then
+    /// compacts the log below the oldest retained snapshot. Returns the
+    /// new catalog when it published.
+    pub async fn snapshot_if_due(&self) -> ApiResult<Option<Catalog>> {
+        let cfg = &self.inner.cfg;
+        let catalog = self.inner.snapshots.catalog().await?;
+        if self.applied() < catalog.newest_sequence() + cfg.snapshot_every.max(1) {
+            return Ok(None);
+        }
+        if !self.inner.snapshots.take_lease(&cfg.node).await? {
+            return Ok(None);
+        }
+        let path = cfg.work_dir.join("directory-snapshot.out");
+        let (store, p) = (self.inner.store.clone(), path.clone());
+        let info = tokio::task::spawn_blocking(move || store.export_snapshot(&p))
+            .await
+            .map_err(|e| ApiError::Internal(format!("snapshot export: {e}")))??;
+        let published = self.inner.snapshots.publish(&path, &info, &cfg.node).await;
+        let _ = std::fs::remove_file(&path);
+        let catalog = published?;
+        metrics::counter!("presence_directory_snapshots_published_total").increment(1);
+        metrics::gauge!("presence_directory_snapshot_log_sequence").set(info.log_sequence as f64);
+        if let Some(oldest) = catalog.snapshots.first() {
+            self.inner
+                .stream
+                .purge()
+                .sequence(oldest.log_sequence + 1)
+                .await
+                .map_err(|e| unavailable(&format!("compact stream {STREAM}"), e))?;
+        }
+        Ok(Some(catalog))
     }
 
     /// Publishes what an applied entry announces to in-process consumers.

@@ -305,6 +305,12 @@ impl Store {
                 "log entry {seq} does not follow the last applied ({last})"
             )));
         }
+        if !e.restored.is_empty() {
+            return Err(ApiError::FailedPrecondition(format!(
+                "a backup was restored into the directory log at entry {seq} while this node \
+                 was running on it: restart this node with an empty data dir"
+            )));
+        }
         let mut batch = sled::Batch::default();
         batch.insert(keys::key(keys::META, &["log"]), seq.to_be_bytes().to_vec());
         let tx_key = keys::key(keys::TX, &[&e.tx_id]);
@@ -587,6 +593,7 @@ impl Tx<'_> {
                 .map(|(subject, payload)| OutMessage { subject, payload })
                 .collect(),
             reply: Vec::new(),
+            restored: String::new(),
         }
     }
 }
@@ -639,6 +646,12 @@ pub struct LogEntry {
     /// kept with its outcome for retries.
     #[prost(bytes = "vec", tag = "8")]
     pub reply: Vec<u8>,
+    /// Set only on the first entry of a log that `presenced restore`
+    /// wrote (the SHA-256 of the snapshot it published): nodes load that
+    /// snapshot instead of applying the entry, and one that reaches it by
+    /// applying the log (it ran before the restore) stops.
+    #[prost(string, tag = "9")]
+    pub restored: String,
 }
 
 /// A key and the digest of what a transaction found there.

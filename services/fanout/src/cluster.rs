@@ -179,39 +179,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     }
 }
 
-/// Opens KV bucket `name`, creating it if needed. The bucket's stream is
-/// created directly with the KV layout (ADR-8) because async-nats'
-/// `create_key_value` first reads account info in a shape nats-server
-/// 2.9 does not send.
-pub async fn bucket(
-    js: &jetstream::Context,
-    name: &str,
-    max_age: Duration,
-    replicas: usize,
-) -> ApiResult<kv::Store> {
-    if let Ok(s) = js.get_key_value(name).await {
-        return Ok(s);
-    }
-    let cfg = stream::Config {
-        name: format!("KV_{name}"),
-        subjects: vec![format!("$KV.{name}.>")],
-        max_messages_per_subject: 1,
-        max_age,
-        storage: stream::StorageType::File,
-        num_replicas: replicas.max(1),
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: true,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    };
-    if let Err(e) = js.get_or_create_stream(cfg).await {
-        return Err(unavailable(&format!("KV bucket {name}"), e));
-    }
-    js.get_key_value(name)
-        .await
-        .map_err(|e| unavailable(&format!("KV bucket {name}"), e))
-}
+/// Opens KV bucket `name`, creating it if needed (see
+/// [`presence_bus::buckets::kv_bucket`]).
+pub use presence_bus::buckets::kv_bucket as bucket;
 
 /// Rendezvous hashing: the live node with the highest hash of
 /// (node, shard) is the shard's preferred owner.

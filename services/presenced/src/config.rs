@@ -68,6 +68,14 @@ pub struct Config {
     pub snapshot_interval_ms: u64,
     /// How long validated events stay in the shard input log, seconds.
     pub shard_log_max_age_secs: u64,
+    /// A directory snapshot is published (and the directory log
+    /// compacted behind the older retained one) once the log has grown by
+    /// this many entries; 0: this node never publishes one.
+    pub directory_snapshot_every: u64,
+    /// How often a node checks whether a directory snapshot is due,
+    /// milliseconds; at most one node of the deployment publishes one per
+    /// interval.
+    pub directory_snapshot_interval_ms: u64,
     /// Replicas of the JetStream buckets and stream (1 for one
     /// nats-server; 3 for a three-node NATS cluster).
     pub jetstream_replicas: usize,
@@ -112,6 +120,8 @@ impl Default for Config {
             lease_ttl_ms: 10_000,
             snapshot_interval_ms: 1_000,
             shard_log_max_age_secs: 3600,
+            directory_snapshot_every: 10_000,
+            directory_snapshot_interval_ms: 60_000,
             jetstream_replicas: 1,
             max_connections: 10_000,
             handshake_timeout_ms: 5_000,
@@ -148,6 +158,8 @@ pub const ENV_KEYS: &[&str] = &[
     "lease_ttl_ms",
     "snapshot_interval_ms",
     "shard_log_max_age_secs",
+    "directory_snapshot_every",
+    "directory_snapshot_interval_ms",
     "jetstream_replicas",
     "max_connections",
     "handshake_timeout_ms",
@@ -268,7 +280,7 @@ impl Config {
                     .into(),
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 17] = [
+        let ranges: [(&str, u64, u64, u64); 19] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -309,6 +321,18 @@ impl Config {
                 self.shard_log_max_age_secs,
                 60,
                 30 * 86_400,
+            ),
+            (
+                "directory_snapshot_every",
+                self.directory_snapshot_every,
+                0,
+                100_000_000,
+            ),
+            (
+                "directory_snapshot_interval_ms",
+                self.directory_snapshot_interval_ms,
+                100,
+                86_400_000,
             ),
             ("jetstream_replicas", self.jetstream_replicas as u64, 1, 5),
             ("max_connections", self.max_connections as u64, 1, 1_000_000),

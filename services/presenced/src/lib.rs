@@ -2,6 +2,8 @@
 //!
 //! The binary (`src/main.rs`) only parses flags, sets up logging, traces,
 //! metrics and signals, then calls into this library:
+//! - [`backup`]: `presenced backup` / `presenced restore` of the whole
+//!   directory;
 //! - [`config`]: defaults → TOML file → `PRESENCE_*` env → flags, validated
 //!   before anything binds;
 //! - [`deployment`]: what every node over NATS must share (JetStream,
@@ -13,6 +15,7 @@
 //!   listener it is given until a cancellation token fires;
 //! - [`telemetry`]: logging and the optional OTLP trace exporter.
 
+pub mod backup;
 pub mod config;
 pub mod deployment;
 pub mod idempotency;

@@ -152,6 +152,48 @@ impl Server {
             .await?
             .map_err(|e| anyhow::anyhow!("open directory store: {e}"))?;
         let store = Arc::new(store);
+        let local_bus: SharedBus = Arc::new(InProcessBus::new(cfg.bus_capacity));
+        let keeps_store = cfg.has_role("directory") || cfg.has_role("policy");
+        // Before anything reads the store: it may load a snapshot.
+        let replica = match &nats {
+            Some(client) if keeps_store => {
+                if store.log_sequence().map_err(|e| anyhow::anyhow!("{e}"))? == 0
+                    && store.sequence().map_err(|e| anyhow::anyhow!("{e}"))? > 0
+                {
+                    anyhow::bail!(
+                        "{} holds a directory written without the replicated log (an embedded \
+                         broker's): a node on NATS keeps its directory in JetStream. Start it \
+                         with an empty data dir; to move this directory into the deployment, \
+                         `presenced backup` it and `presenced restore` the file into the \
+                         deployment (docs/deployment.md#backup-and-restore)",
+                        cfg.data_dir.display()
+                    );
+                }
+                let max_entry = client.server_info().max_payload.saturating_sub(4096);
+                let work_dir = cfg.data_dir.join("snapshots");
+                std::fs::create_dir_all(&work_dir)
+                    .with_context(|| format!("create {}", work_dir.display()))?;
+                let r = Replica::open(
+                    client.clone(),
+                    store.clone(),
+                    local_bus.clone(),
+                    ReplicaConfig {
+                        replicas: cfg.jetstream_replicas,
+                        max_entry,
+                        work_dir,
+                        snapshot_every: cfg.directory_snapshot_every,
+                        snapshot_interval: Duration::from_millis(
+                            cfg.directory_snapshot_interval_ms,
+                        ),
+                        node: cfg.node_id.clone(),
+                    },
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("replicated directory: {e}"))?;
+                Some(r)
+            }
+            _ => None,
+        };
         let dcfg = DirectoryConfig {
             session_ttl: Duration::from_secs(cfg.session_ttl_secs),
             welcome_ttl: Duration::from_secs(cfg.welcome_ttl_secs),
@@ -173,40 +215,11 @@ impl Server {
             StoreValidator::without_directory(store.clone())
         };
         let interceptor = AuthInterceptor::required(signer.clone(), Arc::new(validator));
-        let local_bus: SharedBus = Arc::new(InProcessBus::new(cfg.bus_capacity));
-        let keeps_store = cfg.has_role("directory") || cfg.has_role("policy");
-        let replica = match &nats {
-            Some(client) if keeps_store => {
-                if store.log_sequence().map_err(|e| anyhow::anyhow!("{e}"))? == 0
-                    && store.sequence().map_err(|e| anyhow::anyhow!("{e}"))? > 0
-                {
-                    anyhow::bail!(
-                        "{} holds a directory written without the replicated log (an embedded \
-                         broker's): a node on NATS keeps its directory in JetStream. Start it \
-                         with an empty data dir (moving an embedded directory into a \
-                         deployment is not supported yet; docs/deployment.md)",
-                        cfg.data_dir.display()
-                    );
-                }
-                let max_entry = client.server_info().max_payload.saturating_sub(4096);
-                let r = Replica::open(
-                    client.clone(),
-                    store.clone(),
-                    local_bus.clone(),
-                    ReplicaConfig {
-                        replicas: cfg.jetstream_replicas,
-                        max_entry,
-                    },
-                )
-                .await
-                .map_err(|e| anyhow::anyhow!("replicated directory: {e}"))?;
-                directory
-                    .set_replica(r.clone())
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                Some(r)
-            }
-            _ => None,
-        };
+        if let Some(r) = &replica {
+            directory
+                .set_replica(r.clone())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
         let bootstrap_token = bootstrap(&cfg, &store, &signer)?;
         Ok(Self {
             replica,
@@ -249,6 +262,23 @@ impl Server {
                 tracing::info_span!("directory_applier"),
             ));
             catch_up(replica, &shutdown).await?;
+            tasks.spawn(tracing::Instrument::instrument(
+                replica.clone().run_snapshots(shutdown.clone()),
+                tracing::info_span!("directory_snapshots"),
+            ));
+            // A node whose applier stopped must not go on serving stale
+            // answers: it stops, with an error, so that its supervisor
+            // restarts it (and it loads a snapshot if it must).
+            let (r, stop) = (replica.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                tokio::select! {
+                    _ = stop.cancelled() => {}
+                    why = r.stopped() => {
+                        tracing::error!(%why, "directory applier stopped; shutting down");
+                        stop.cancel();
+                    }
+                }
+            });
         }
         let (reporter, health) = tonic_health::server::health_reporter();
         let serving = self.cfg.has_role("directory");
@@ -455,6 +485,9 @@ impl Server {
             Err(_) => tracing::warn!("bus flush at shutdown timed out (NATS unreachable?)"),
         }
         tracing::info!("stopped");
+        if let Some(why) = self.replica.as_ref().and_then(Replica::broken) {
+            anyhow::bail!("replicated directory: {why}");
+        }
         Ok(())
     }
 }

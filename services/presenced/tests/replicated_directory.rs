@@ -10,56 +10,14 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use presence_client::{PresenceClient, connect};
+mod common;
+
+use common::{acme, bootstrap_token, digest, node, user, wait_version};
+use presence_client::connect;
 use presence_proto::v1;
-use presence_testkit::{ChildGuard as Proc, NatsCluster, spawn_ready};
-use std::path::Path;
-use std::process::Command;
-use std::time::{Duration, Instant};
+use presence_testkit::NatsCluster;
+use std::time::Duration;
 use tonic::Code;
-
-/// Starts node `id` seeded with `nats` and waits for its ready file.
-fn node(dir: &Path, id: &str, nats: &str, key: Option<&Path>) -> (Proc, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
-    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
-        .arg("--data-dir")
-        .arg(dir.join(id))
-        .args(["--nats-url", nats])
-        .env("PRESENCE_NODE_ID", id)
-        .env("PRESENCE_JETSTREAM_REPLICAS", "3")
-        .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1");
-    if let Some(k) = key {
-        cmd.env("PRESENCE_AUTH_KEY_FILE", k);
-    }
-    spawn_ready(cmd, &dir.join(format!("{id}.ready")), &format!("node {id}"))
-}
-
-/// Waits until `user` of acme is at `version` (at least) on `c`: the
-/// bounded lag of a node that did not take the write.
-async fn wait_version(c: &mut PresenceClient, user: &str, version: u64) -> v1::User {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(u) = c
-            .directory
-            .get_user(v1::GetUserRequest {
-                domain: "acme".into(),
-                id: user.into(),
-            })
-            .await
-        {
-            let u = u.into_inner();
-            if u.version >= version {
-                return u;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "user {user} never reached version {version}"
-        );
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn rename(id: &str, version: u64, name: String) -> v1::UpdateUserRequest {
     v1::UpdateUserRequest {
@@ -74,11 +32,6 @@ fn rename(id: &str, version: u64, name: String) -> v1::UpdateUserRequest {
     }
 }
 
-fn digest(dir: &Path) -> String {
-    let store = presence_directory::Store::open(&dir.join("directory")).unwrap();
-    store.digest().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_three_nodes_share_one_directory_through_the_log() {
     let mut nats = NatsCluster::start();
@@ -89,33 +42,14 @@ async fn test_three_nodes_share_one_directory_through_the_log() {
     let (b, url_b) = node(dir, "b", &nats.url(1), Some(&key));
     let (c, url_c) = node(dir, "c", &nats.urls(), Some(&key));
     let mut procs = vec![a, b, c];
-    let token = std::fs::read_to_string(dir.join("a/bootstrap-admin.token")).unwrap();
-    let token = token.trim().to_owned();
+    let token = bootstrap_token(&dir.join("a"));
     let mut ca = connect(&url_a, Some(&token)).await.unwrap();
     let mut cb = connect(&url_b, Some(&token)).await.unwrap();
     let mut cc = connect(&url_c, Some(&token)).await.unwrap();
 
     // A domain created through a; its first user through a too, the
     // others through b and c once they see the domain.
-    ca.directory
-        .create_domain(v1::CreateDomainRequest {
-            id: "acme".into(),
-            name: "Acme".into(),
-            dns_name: "acme.example.com".into(),
-        })
-        .await
-        .unwrap();
-    let user = |id: &str| v1::CreateUserRequest {
-        domain: "acme".into(),
-        id: id.into(),
-        scope: v1::Scope::BasicUser as i32,
-        profile: Some(v1::Profile {
-            first_name: id.into(),
-            last_name: "Test".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    ca.directory.create_domain(acme()).await.unwrap();
     ca.directory.create_user(user("1001")).await.unwrap();
     wait_version(&mut cb, "1001", 1).await;
     wait_version(&mut cc, "1001", 1).await;

@@ -1,0 +1,40 @@
+//! JetStream KV buckets opened the same way by every service.
+
+use async_nats::jetstream::{self, kv, stream};
+use presence_core::{ApiError, ApiResult};
+use std::time::Duration;
+
+/// Opens KV bucket `name`, creating it if needed, with entries expiring
+/// after `max_age` (zero: never) and `replicas` replicas. The bucket's
+/// stream is created directly with the KV layout (ADR-8) because
+/// async-nats' `create_key_value` first reads account info in a shape
+/// nats-server 2.9 does not send.
+pub async fn kv_bucket(
+    js: &jetstream::Context,
+    name: &str,
+    max_age: Duration,
+    replicas: usize,
+) -> ApiResult<kv::Store> {
+    if let Ok(s) = js.get_key_value(name).await {
+        return Ok(s);
+    }
+    let cfg = stream::Config {
+        name: format!("KV_{name}"),
+        subjects: vec![format!("$KV.{name}.>")],
+        max_messages_per_subject: 1,
+        max_age,
+        storage: stream::StorageType::File,
+        num_replicas: replicas.max(1),
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        discard: stream::DiscardPolicy::New,
+        ..Default::default()
+    };
+    let unavailable =
+        |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("KV bucket {name}: {e}"));
+    if let Err(e) = js.get_or_create_stream(cfg).await {
+        return Err(unavailable(&e));
+    }
+    js.get_key_value(name).await.map_err(|e| unavailable(&e))
+}

@@ -1,0 +1,134 @@
+//! Helpers shared by the replicated-deployment tests: presenced nodes on
+//! a NATS cluster, waiting for a node to see a write, store digests.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use presence_client::PresenceClient;
+use presence_proto::v1;
+use presence_testkit::{ChildGuard as Proc, spawn_ready};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Starts node `id` (data dir `dir/id`) seeded with `nats`, the
+/// directory log at 3 replicas, with extra `env`, and waits for its ready
+/// file.
+pub fn node_with(
+    dir: &Path,
+    id: &str,
+    nats: &str,
+    key: Option<&Path>,
+    env: &[(&str, &str)],
+) -> (Proc, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .args(["--nats-url", nats])
+        .env("PRESENCE_NODE_ID", id)
+        .env("PRESENCE_JETSTREAM_REPLICAS", "3")
+        .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1");
+    if let Some(k) = key {
+        cmd.env("PRESENCE_AUTH_KEY_FILE", k);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    spawn_ready(cmd, &dir.join(format!("{id}.ready")), &format!("node {id}"))
+}
+
+/// [`node_with`] without extra settings.
+pub fn node(dir: &Path, id: &str, nats: &str, key: Option<&Path>) -> (Proc, String) {
+    node_with(dir, id, nats, key, &[])
+}
+
+/// The bootstrap admin token a node wrote to its data dir.
+pub fn bootstrap_token(node_dir: &Path) -> String {
+    std::fs::read_to_string(node_dir.join("bootstrap-admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A basic user `id` of acme.
+pub fn user(id: &str) -> v1::CreateUserRequest {
+    v1::CreateUserRequest {
+        domain: "acme".into(),
+        id: id.into(),
+        scope: v1::Scope::BasicUser as i32,
+        profile: Some(v1::Profile {
+            first_name: id.into(),
+            last_name: "Test".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The acme domain.
+pub fn acme() -> v1::CreateDomainRequest {
+    v1::CreateDomainRequest {
+        id: "acme".into(),
+        name: "Acme".into(),
+        dns_name: "acme.example.com".into(),
+    }
+}
+
+/// Waits until `user` of acme is at `version` (at least) on `c`: the
+/// bounded lag of a node that did not take the write.
+pub async fn wait_version(c: &mut PresenceClient, user: &str, version: u64) -> v1::User {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(u) = c
+            .directory
+            .get_user(v1::GetUserRequest {
+                domain: "acme".into(),
+                id: user.into(),
+            })
+            .await
+        {
+            let u = u.into_inner();
+            if u.version >= version {
+                return u;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "user {user} never reached version {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The digest of the directory store in a (stopped) node's data dir.
+pub fn digest(node_dir: &Path) -> String {
+    let store = presence_directory::Store::open(&node_dir.join("directory")).unwrap();
+    store.digest().unwrap()
+}
+
+/// Every user id of acme, sorted, as `c` lists them (system users too).
+pub async fn user_ids(c: &mut PresenceClient) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = c
+            .directory
+            .list_users(v1::ListUsersRequest {
+                domain: "acme".into(),
+                hide_system_users: Some(false),
+                page_size: 500,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        ids.extend(page.users.into_iter().map(|u| u.id));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        page_token = page.next_page_token;
+    }
+    ids.sort();
+    ids
+}
