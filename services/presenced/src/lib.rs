@@ -6,6 +6,8 @@
 //!   directory;
 //! - [`config`]: defaults → TOML file → `PRESENCE_*` env → flags, validated
 //!   before anything binds;
+//! - [`consistency`]: read-your-writes across nodes (log sequence
+//!   headers);
 //! - [`deployment`]: what every node over NATS must share (JetStream,
 //!   recorded settings), checked before serving;
 //! - [`idempotency`]: the `idempotency-key` header of retried writes;
@@ -17,6 +19,7 @@
 
 pub mod backup;
 pub mod config;
+pub mod consistency;
 pub mod deployment;
 pub mod idempotency;
 pub mod incoming;

@@ -311,6 +311,9 @@ impl Server {
                 oversized_is_resource_exhausted,
             ))
             .layer(crate::idempotency::IdempotencyLayer)
+            .layer(crate::consistency::ConsistencyLayer::new(
+                self.replica.clone(),
+            ))
             .add_service(health)
             .add_service(reflection().build_v1()?)
             .add_service(reflection().build_v1alpha()?)

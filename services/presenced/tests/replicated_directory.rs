@@ -4,7 +4,8 @@
 //! change through one node is read on the others; conflicting updates of
 //! one record through three nodes have exactly one winner per round; a
 //! node killed with -9 catches up when it comes back, and in the end every
-//! node's store has the same digest. A retried write (same idempotency
+//! node's store has the same digest. A read sent to another node with the
+//! log sequence a write returned sees the write. A retried write (same idempotency
 //! key) through another node gets the original answer, applied once; a
 //! password changed through one node ends sessions issued by another.
 
@@ -77,6 +78,52 @@ async fn test_three_nodes_share_one_directory_through_the_log() {
         if let Err(s) = r {
             assert_eq!(s.code(), Code::AlreadyExists, "{s:?}");
         }
+    }
+
+    // Read-your-writes on other nodes: a write's answer names its log
+    // entry; a read sent with it to any node reflects the write.
+    let mut last_seq = 0;
+    for i in 0..20 {
+        let id = format!("15{i:02}");
+        let created = ca.directory.create_user(user(&id)).await.unwrap();
+        let seq: u64 = created
+            .metadata()
+            .get("presence-log-sequence")
+            .expect("a write names its log entry")
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(seq > last_seq, "log sequences grow: {seq} after {last_seq}");
+        last_seq = seq;
+        let mut read = tonic::Request::new(v1::GetUserRequest {
+            domain: "acme".into(),
+            id: id.clone(),
+        });
+        read.metadata_mut()
+            .insert("presence-min-sequence", seq.to_string().parse().unwrap());
+        let other = if i % 2 == 0 { &mut cb } else { &mut cc };
+        let got = other.directory.get_user(read).await.unwrap();
+        assert_eq!(got.get_ref().id, id);
+        let seen: u64 = got
+            .metadata()
+            .get("presence-log-sequence")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(seen >= seq);
+    }
+    for (value, what) in [("12x", "malformed"), ("999999999", "past the end")] {
+        let mut read = tonic::Request::new(v1::GetUserRequest {
+            domain: "acme".into(),
+            id: "1001".into(),
+        });
+        read.metadata_mut()
+            .insert("presence-min-sequence", value.parse().unwrap());
+        let e = cb.directory.get_user(read).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{what}: {e:?}");
     }
 
     // Conflicting updates of one record through three nodes, each with
