@@ -255,6 +255,14 @@ impl NatsCluster {
             .join(",")
     }
 
+    /// Returns the index of the server named `name` (its `server_name`
+    /// is `n<i>`), e.g. a stream's leader.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        name.strip_prefix('n')
+            .and_then(|i| i.parse().ok())
+            .filter(|i| *i < self.nodes.len())
+    }
+
     /// Kills server `i` with SIGKILL.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {

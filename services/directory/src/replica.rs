@@ -64,6 +64,10 @@ pub struct ReplicaConfig {
     pub snapshot_interval: Duration,
     /// This node's name, recorded with the snapshots it publishes.
     pub node: String,
+    /// Testing only (0: off): the process exits, as if killed, right
+    /// after the log acknowledged this many appends and before the write
+    /// is applied or answered — the crash a client's retry must survive.
+    pub crash_after_appends: u64,
 }
 
 impl Default for ReplicaConfig {
@@ -75,6 +79,7 @@ impl Default for ReplicaConfig {
             snapshot_every: 10_000,
             snapshot_interval: Duration::from_secs(60),
             node: String::new(),
+            crash_after_appends: 0,
         }
     }
 }
@@ -93,6 +98,8 @@ struct Inner {
     cfg: ReplicaConfig,
     /// The last log sequence this node applied.
     applied: watch::Sender<u64>,
+    /// Appends acknowledged (for [`ReplicaConfig::crash_after_appends`]).
+    appends: std::sync::atomic::AtomicU64,
     /// Set when the applier cannot go on (the log no longer holds the
     /// entries after this node's store): the node must not serve.
     broken: watch::Sender<Option<String>>,
@@ -235,6 +242,7 @@ impl Replica {
                 store,
                 snapshots,
                 cfg,
+                appends: std::sync::atomic::AtomicU64::new(0),
                 applied,
                 broken,
                 local,
@@ -297,7 +305,10 @@ impl Replica {
                 Err(e) => Err(e),
             };
             let err = match ack {
-                Ok(a) => return Ok((a.sequence, a.duplicate)),
+                Ok(a) => {
+                    self.crash_point();
+                    return Ok((a.sequence, a.duplicate));
+                }
                 Err(e) => e,
             };
             let retry = matches!(
@@ -314,6 +325,23 @@ impl Replica {
             tracing::debug!(error = %err, "directory log append retried");
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(1));
+        }
+    }
+
+    /// Exits the process if the testing crash point is reached.
+    fn crash_point(&self) {
+        let at = self.inner.cfg.crash_after_appends;
+        if at == 0 {
+            return;
+        }
+        let n = self
+            .inner
+            .appends
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1;
+        if n >= at {
+            eprintln!("presenced: crash point reached after {n} directory log appends");
+            std::process::exit(137);
         }
     }
 

@@ -186,6 +186,11 @@ impl Server {
                             cfg.directory_snapshot_interval_ms,
                         ),
                         node: cfg.node_id.clone(),
+                        // Testing only: see ReplicaConfig.
+                        crash_after_appends: std::env::var("PRESENCE_TEST_CRASH_AFTER_LOG_APPENDS")
+                            .ok()
+                            .and_then(|v| v.parse().ok())
+                            .unwrap_or(0),
                     },
                 )
                 .await
