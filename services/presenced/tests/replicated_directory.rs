@@ -7,7 +7,8 @@
 //! node's store has the same digest. A read sent to another node with the
 //! log sequence a write returned sees the write. A retried write (same idempotency
 //! key) through another node gets the original answer, applied once; a
-//! password changed through one node ends sessions issued by another.
+//! password changed through one node ends sessions issued by another; a
+//! grant removed through one node revokes a watch open on another.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -19,6 +20,16 @@ use presence_proto::v1;
 use presence_testkit::NatsCluster;
 use std::time::Duration;
 use tonic::Code;
+
+async fn next_event(s: &mut tonic::Streaming<v1::WatchEvent>) -> v1::watch_event::Event {
+    tokio::time::timeout(Duration::from_secs(10), s.message())
+        .await
+        .expect("a watch event within 10 s")
+        .unwrap()
+        .expect("the stream goes on")
+        .event
+        .unwrap()
+}
 
 fn rename(id: &str, version: u64, name: String) -> v1::UpdateUserRequest {
     v1::UpdateUserRequest {
@@ -226,6 +237,85 @@ async fn test_three_nodes_share_one_directory_through_the_log() {
     assert_eq!(old.code(), Code::Unauthenticated, "{old:?}");
     wait_version(&mut cc, "1002", v).await;
     cc.auth.login(login("second secret pw")).await.unwrap();
+
+    // A grant removed through node a revokes a watch open on node c. The
+    // grant is given through a too; c's watch waits for it with the
+    // log sequence a's answer named.
+    ca.policy
+        .update_presence_settings(v1::UpdatePresenceSettingsRequest {
+            domain: "acme".into(),
+            user: "1001".into(),
+            visibility: Some(v1::Visibility::PermittedUsers as i32),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let see_1002 = || {
+        Some(v1::Grantee {
+            kind: Some(v1::grantee::Kind::User("1002".into())),
+        })
+    };
+    let granted = ca
+        .policy
+        .add_grant(v1::AddGrantRequest {
+            domain: "acme".into(),
+            target: "1001".into(),
+            kind: v1::GrantKind::See as i32,
+            grantee: see_1002(),
+        })
+        .await
+        .unwrap();
+    let seq = granted
+        .metadata()
+        .get("presence-log-sequence")
+        .unwrap()
+        .clone();
+    let session = cc
+        .auth
+        .login(login("second secret pw"))
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let mut watcher = connect(&url_c, Some(&session)).await.unwrap();
+    let mut open = tonic::Request::new(v1::WatchRequest {
+        domain: "acme".into(),
+        selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+            targets: vec!["1001".into()],
+        })),
+        heartbeat_seconds: 1,
+        ..Default::default()
+    });
+    open.metadata_mut().insert("presence-min-sequence", seq);
+    let mut stream = watcher.presence.watch(open).await.unwrap().into_inner();
+    use v1::watch_event::Event as E;
+    loop {
+        match next_event(&mut stream).await {
+            E::SnapshotDone(_) => break,
+            E::Denied(d) => panic!("the grant through a is not seen on c: {d:?}"),
+            _ => {}
+        }
+    }
+    ca.policy
+        .remove_grant(v1::RemoveGrantRequest {
+            domain: "acme".into(),
+            target: "1001".into(),
+            kind: v1::GrantKind::See as i32,
+            grantee: see_1002(),
+        })
+        .await
+        .unwrap();
+    loop {
+        match next_event(&mut stream).await {
+            E::Revoked(r) => {
+                assert_eq!(r.target, "1001");
+                break;
+            }
+            E::Heartbeat(_) | E::State(_) => {}
+            other => panic!("expected the revocation, got {other:?}"),
+        }
+    }
+    drop(stream);
 
     // Node c killed with -9; writes go on through a and b; c comes back
     // and catches up before it serves.
