@@ -21,6 +21,11 @@
 //! delivered events/s, latency percentiles, the broker/baseline ratios,
 //! memory per idle stream and how many states were coalesced; `--json`
 //! writes it for automation. See docs/benchmarks.md.
+//!
+//! `--mode revocation` measures instead how long a grant change through
+//! one node takes to reach a watch stream on another ([`revocation`]).
+
+mod revocation;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
@@ -56,6 +61,9 @@ enum Mode {
     Baseline,
     /// The broker only.
     Broker,
+    /// Grant changes through `--write-grpc` against a watch on `--grpc`:
+    /// revocation latency across nodes.
+    Revocation,
 }
 
 #[derive(Parser, Debug)]
@@ -116,6 +124,13 @@ struct Args {
     /// Write the result as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Revocation mode: the node grants are changed through (default:
+    /// `--grpc`).
+    #[arg(long)]
+    write_grpc: Option<String>,
+    /// Revocation mode: rounds of revoke and grant.
+    #[arg(long, default_value_t = 200)]
+    rounds: usize,
 }
 
 /// Latency percentiles in microseconds.
@@ -817,6 +832,24 @@ async fn main() -> anyhow::Result<()> {
         for t in targets_of(s, &a) {
             watchers_per_user[t] += 1;
         }
+    }
+    if a.mode == Mode::Revocation {
+        let write = a.write_grpc.clone().unwrap_or_else(|| a.grpc.clone());
+        let r = revocation::run(
+            &a.grpc,
+            &write,
+            token.trim(),
+            &domain,
+            a.users,
+            a.rounds.max(1),
+        )
+        .await?;
+        revocation::print(&r);
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&r)?)
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        return Ok(());
     }
     let base = Instant::now();
     if !a.no_setup && (a.mode != Mode::Baseline || a.setup_only) {

@@ -157,6 +157,8 @@ fn spawn(dir: &Path, port: u16) -> (Child, String) {
 pub struct NatsCluster {
     nodes: Vec<ClusterNode>,
     dir: tempfile::TempDir,
+    /// `user:password` clients connect with (shipped configs).
+    credentials: Option<String>,
 }
 
 struct ClusterNode {
@@ -176,6 +178,20 @@ impl NatsCluster {
     /// cluster's JetStream answers on every server (a meta leader is
     /// elected).
     pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// Starts the three shipped cluster configs `confs`
+    /// (deploy/nats/cluster-N.conf) on loopback: their client and route
+    /// ports (4222, 6222) become free ports, the route hosts `nats-N`
+    /// become 127.0.0.1, `store_dir` a temporary directory, the
+    /// monitoring port is dropped; clients connect as `credentials`
+    /// (`user:password`).
+    pub fn start_with_configs(confs: [&str; 3], credentials: &str) -> Self {
+        Self::start_inner(Some((confs, credentials)))
+    }
+
+    fn start_inner(shipped: Option<([&str; 3], &str)>) -> Self {
         let dir = match tempfile::tempdir() {
             Ok(d) => d,
             Err(e) => panic!("tempdir: {e}"),
@@ -187,14 +203,43 @@ impl NatsCluster {
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect();
         for i in 0..3 {
-            let conf = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n\
-                 cluster {{\n  name: presence-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
-                clients[i],
-                dir.path().join(format!("js{i}")).display().to_string(),
-                routes[i],
-                route_list.join(", ")
-            );
+            let store = dir.path().join(format!("js{i}")).display().to_string();
+            let conf = match shipped {
+                None => format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: {:?} }}\n\
+                     cluster {{\n  name: presence-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    clients[i],
+                    store,
+                    routes[i],
+                    route_list.join(", ")
+                ),
+                Some((confs, _)) => {
+                    let mut text = confs[i]
+                        .replace("0.0.0.0:4222", &format!("127.0.0.1:{}", clients[i]))
+                        .replace("0.0.0.0:6222", &format!("127.0.0.1:{}", routes[i]));
+                    for (n, port) in routes.iter().enumerate() {
+                        text = text.replace(
+                            &format!("@nats-{}:6222", n + 1),
+                            &format!("@127.0.0.1:{port}"),
+                        );
+                    }
+                    let lines: Vec<String> = text
+                        .lines()
+                        .filter(|l| !l.trim_start().starts_with("http:"))
+                        .map(|l| {
+                            if l.trim_start().starts_with("server_name") {
+                                // Names n<i>, as index_of expects.
+                                format!("server_name: n{i}")
+                            } else if l.trim_start().starts_with("store_dir") {
+                                format!("  store_dir: {store:?}")
+                            } else {
+                                l.to_owned()
+                            }
+                        })
+                        .collect();
+                    lines.join("\n")
+                }
+            };
             if let Err(e) = std::fs::write(dir.path().join(format!("n{i}.conf")), conf) {
                 panic!("write n{i}.conf: {e}");
             }
@@ -208,6 +253,7 @@ impl NatsCluster {
                 })
                 .collect(),
             dir,
+            credentials: shipped.map(|(_, c)| c.to_owned()),
         };
         for i in 0..3 {
             c.spawn_node(i);
@@ -233,7 +279,7 @@ impl NatsCluster {
     /// Waits until server `i` answers JetStream API requests.
     fn wait_jetstream(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !js_answers(self.nodes[i].client_port) {
+        while !js_answers(self.nodes[i].client_port, self.credentials.as_deref()) {
             assert!(
                 Instant::now() < deadline,
                 "JetStream of cluster node {i} did not come up within 60s"
@@ -244,7 +290,10 @@ impl NatsCluster {
 
     /// Returns server `i`'s client URL.
     pub fn url(&self, i: usize) -> String {
-        format!("nats://127.0.0.1:{}", self.nodes[i].client_port)
+        match &self.credentials {
+            Some(c) => format!("nats://{c}@127.0.0.1:{}", self.nodes[i].client_port),
+            None => format!("nats://127.0.0.1:{}", self.nodes[i].client_port),
+        }
     }
 
     /// Returns every server's URL, comma separated (a seed list).
@@ -290,7 +339,7 @@ impl Drop for NatsCluster {
 
 /// Asks `$JS.API.INFO` over a raw NATS connection: whether JetStream
 /// answers with account information (not an error, not silence).
-fn js_answers(port: u16) -> bool {
+fn js_answers(port: u16, credentials: Option<&str>) -> bool {
     use std::io::{BufRead, BufReader, Write};
     let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
         return false;
@@ -306,8 +355,14 @@ fn js_answers(port: u16) -> bool {
     if r.read_line(&mut line).is_err() || !line.starts_with("INFO") {
         return false;
     }
-    let hello = "CONNECT {\"verbose\":false,\"headers\":true,\"no_responders\":true}\r\n\
-                 SUB _T.js 1\r\nPUB $JS.API.INFO _T.js 0\r\n\r\n";
+    let auth = match credentials.and_then(|c| c.split_once(':')) {
+        Some((u, p)) => format!(",\"user\":{u:?},\"pass\":{p:?}"),
+        None => String::new(),
+    };
+    let hello = format!(
+        "CONNECT {{\"verbose\":false,\"headers\":true,\"no_responders\":true{auth}}}\r\n\
+         SUB _INBOX.testkit 1\r\nPUB $JS.API.INFO _INBOX.testkit 0\r\n\r\n"
+    );
     if w.write_all(hello.as_bytes()).is_err() {
         return false;
     }

@@ -1,5 +1,7 @@
 //! Failures under load, with real processes: three nats-servers in one
-//! JetStream cluster and three presenced nodes with every role. Writers
+//! JetStream cluster and three presenced nodes with every role, all
+//! running the shipped HA configuration (deploy/nats/cluster-*.conf,
+//! deploy/presenced-ha.toml) with only ports, paths and hosts changed. Writers
 //! through all three nodes keep creating users while the directory log's
 //! stream leader (a nats-server) and then a presenced node are killed with
 //! -9 and restarted; every acknowledged write is on every node exactly
@@ -12,7 +14,7 @@
 
 mod common;
 
-use common::{acme, bootstrap_token, digest, node, node_with, user, user_ids, wait_version};
+use common::{acme, bootstrap_token, digest, node_with, user, user_ids, wait_version};
 use presence_client::{PresenceClient, connect};
 use presence_proto::v1;
 use presence_testkit::NatsCluster;
@@ -110,13 +112,34 @@ async fn wait_acked(acked: &AtomicUsize, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_burst() {
-    let mut nats = NatsCluster::start();
+    let mut nats = NatsCluster::start_with_configs(
+        [
+            include_str!("../../../deploy/nats/cluster-1.conf"),
+            include_str!("../../../deploy/nats/cluster-2.conf"),
+            include_str!("../../../deploy/nats/cluster-3.conf"),
+        ],
+        "presenced:change-me",
+    );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let (a, url_a) = node(dir, "a", &nats.urls(), None);
-    let key = dir.join("a/auth.key");
-    let (b, url_b) = node(dir, "b", &nats.urls(), Some(&key));
-    let (c, url_c) = node(dir, "c", &nats.urls(), Some(&key));
+    // The shared signing key the HA config names, at a test path.
+    let key = dir.join("auth.key");
+    std::fs::write(&key, "5e".repeat(32)).unwrap();
+    let conf = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/presenced-ha.toml"
+    );
+    // Snapshots (and log compaction) every few entries, so they run
+    // through the failures and under the shipped permissions too.
+    let ha = [
+        ("PRESENCE_CONFIG", conf),
+        ("PRESENCE_DIRECTORY_SNAPSHOT_EVERY", "30"),
+        ("PRESENCE_DIRECTORY_SNAPSHOT_INTERVAL_MS", "200"),
+    ];
+    let node = |id: &str| node_with(dir, id, &nats.urls(), Some(&key), &ha);
+    let (a, url_a) = node("a");
+    let (b, url_b) = node("b");
+    let (c, url_c) = node("c");
     let mut procs = vec![a, b, c];
     let token = bootstrap_token(&dir.join("a"));
     let mut ca = connect(&url_a, Some(&token)).await.unwrap();
@@ -134,7 +157,11 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
 
     // The stream leader's nats-server dies mid-burst.
     wait_acked(&acked, 20).await;
-    let client = async_nats::connect(nats.url(0)).await.unwrap();
+    let client =
+        async_nats::ConnectOptions::with_user_and_password("presenced".into(), "change-me".into())
+            .connect(nats.url(0))
+            .await
+            .unwrap();
     let js = async_nats::jetstream::new(client);
     let info = js
         .get_stream("PRESENCE_DIRECTORY")
@@ -149,7 +176,6 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
         .and_then(|c| c.leader)
         .expect("the log has a leader");
     let leader = nats.index_of(&leader).expect("leader is one of ours");
-    drop(js);
     nats.kill(leader);
 
     // Then presenced node b dies mid-burst; its writer goes on elsewhere.
@@ -159,7 +185,7 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
     wait_acked(&acked, 90).await;
     nats.restart(leader);
     std::fs::remove_file(dir.join("b.ready")).ok();
-    let (b, url_b) = node(dir, "b", &nats.urls(), Some(&key));
+    let (b, url_b) = node_with(dir, "b", &nats.urls(), Some(&key), &ha);
     procs[1] = b;
     urls_tx.send_replace(vec![url_a.clone(), url_b.clone(), url_c.clone()]);
 
@@ -190,7 +216,12 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
         "x",
         &nats.urls(),
         Some(&key),
-        &[("PRESENCE_TEST_CRASH_AFTER_LOG_APPENDS", "1")],
+        &[
+            ha[0],
+            ha[1],
+            ha[2],
+            ("PRESENCE_TEST_CRASH_AFTER_LOG_APPENDS", "1"),
+        ],
     );
     let mut cx = connect(&url_x, Some(&token)).await.unwrap();
     let v = wait_version(&mut cx, "1000", 1).await.version;
@@ -236,6 +267,18 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
         let mut cl = connect(url, Some(&token)).await.unwrap();
         assert_eq!(wait_version(&mut cl, "1000", v + 1).await.version, v + 1);
     }
+
+    // The log was compacted behind snapshots meanwhile.
+    let first = js
+        .get_stream("PRESENCE_DIRECTORY")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .first_sequence;
+    assert!(first > 1, "the directory log was never compacted");
 
     // Equal stores everywhere.
     for p in &mut procs {
