@@ -325,7 +325,9 @@ impl AclView {
         let (epoch, fresh) = match &self.inner.source {
             Source::Local(store) => evaluate(store, d, watcher, &wanted, q)?,
             Source::Remote { bus, timeout } => {
-                crate::remote::ask(bus, d, watcher, &wanted, q, *timeout).await?
+                // Never an answer older than the newest change seen here.
+                let min_epoch = self.epoch(d).unwrap_or(0);
+                crate::remote::ask(bus, d, watcher, &wanted, q, min_epoch, *timeout).await?
             }
         };
         self.raise(d.as_str(), epoch);

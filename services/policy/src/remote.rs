@@ -23,6 +23,32 @@ pub const QUEUE_GROUP: &str = "policy";
 /// Most targets in one remote check (as for CheckSee).
 pub const MAX_TARGETS: usize = 5000;
 
+/// How long a policy node behind a check's `min_epoch` waits for its
+/// replicated store to reach it before answering `Unavailable`.
+pub const MIN_EPOCH_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Waits (on this blocking thread) until the store holds policy epoch
+/// `min` of `d`. Epochs only grow, even across a domain's deletion and
+/// re-creation.
+fn reach_epoch(store: &Store, d: &DomainId, min: u64) -> ApiResult<()> {
+    let deadline = std::time::Instant::now() + MIN_EPOCH_WAIT;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        let epoch = crate::records::domain_policy(store, d)?.epoch;
+        if epoch >= min {
+            return Ok(());
+        }
+        if std::time::Instant::now() + pause > deadline {
+            metrics::counter!("presence_policy_remote_behind_total").increment(1);
+            return Err(ApiError::Unavailable(format!(
+                "this policy node is at epoch {epoch} of domain {d}, the check needs {min}"
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(20));
+    }
+}
+
 /// What a request on `presence.v1.policy.<what>.<domain>` asks.
 enum Asked {
     Check(Question),
@@ -148,6 +174,7 @@ fn check_here(
     for t in &req.targets {
         UserId::parse(t)?;
     }
+    reach_epoch(store, d, req.min_epoch)?;
     let (epoch, decisions) = evaluate(store, d, &w, &req.targets, q)?;
     Ok(v1::CheckResponse { decisions, epoch })
 }
@@ -192,19 +219,22 @@ pub async fn serve_checks(
     }
 }
 
-/// Asks a policy node over the bus.
+/// Asks a policy node over the bus, for an answer of at least policy
+/// epoch `min_epoch` of `d`.
 pub async fn ask(
     bus: &SharedBus,
     d: &DomainId,
     watcher: &UserId,
     targets: &[String],
     q: Question,
+    min_epoch: u64,
     timeout: std::time::Duration,
 ) -> ApiResult<(u64, Vec<v1::Decision>)> {
     let req = v1::CheckRequest {
         domain: d.to_string(),
         watcher: watcher.to_string(),
         targets: targets.to_vec(),
+        min_epoch,
     };
     let subject = subjects::policy_check(d, q == Question::Pickup);
     let bytes = bus
