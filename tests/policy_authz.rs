@@ -208,6 +208,7 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
                 domain: d(),
                 watcher: "basic".into(),
                 targets: vec!["agent".into()],
+                ..Default::default()
             })
             .await
             .map(drop),
@@ -216,6 +217,7 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
                 domain: d(),
                 watcher: "basic".into(),
                 targets: vec!["agent".into()],
+                ..Default::default()
             })
             .await
             .map(drop),

@@ -75,6 +75,7 @@ async fn sees(c: &mut PresenceClient, watcher: &str, targets: &[&str]) -> Vec<bo
             domain: "acme".into(),
             watcher: watcher.into(),
             targets: targets.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -164,6 +165,7 @@ async fn test_admin_presence_permissions_flow() {
             domain: "acme".into(),
             watcher: "recep".into(),
             targets: vec!["jack".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -189,6 +191,7 @@ async fn test_admin_presence_permissions_flow() {
             domain: "acme".into(),
             watcher: "recep".into(),
             targets: vec!["jack".into(), "carol".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -203,6 +206,7 @@ async fn test_admin_presence_permissions_flow() {
             domain: "acme".into(),
             watcher: "recep".into(),
             targets: vec!["jack".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -398,6 +402,7 @@ async fn test_admin_presence_permissions_flow() {
             domain: "acme".into(),
             watcher: "om".into(),
             targets: vec!["ghost".into()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -562,6 +567,7 @@ async fn test_who_may_change_what_and_bad_inputs() {
             domain: "acme".into(),
             watcher: "jack".into(),
             targets: vec!["carol".into()],
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -597,6 +603,7 @@ async fn test_who_may_change_what_and_bad_inputs() {
                 domain: "acme".into(),
                 watcher: "jack".into(),
                 targets: vec![],
+                ..Default::default()
             })
             .await,
         Code::PermissionDenied,
@@ -759,6 +766,7 @@ async fn test_who_may_change_what_and_bad_inputs() {
                 domain: "acme".into(),
                 watcher: "jack".into(),
                 targets: (0..5001).map(|i| format!("u{i}")).collect(),
+                ..Default::default()
             })
             .await,
         Code::ResourceExhausted,

@@ -169,6 +169,7 @@ async fn test_site_manager_cannot_reach_across_its_site_through_a_queue() {
             domain: "acme".into(),
             watcher: "sm".into(),
             targets: vec!["agent2".into()],
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -1650,6 +1650,7 @@ async fn policy_cmd(c: &mut PresenceClient, out: &Out, cmd: PolicyCmd) -> CtlRes
                 domain: d.domain,
                 watcher,
                 targets,
+                ..Default::default()
             };
             let r = if pickup {
                 c.policy.check_pickup(req).await
