@@ -1025,6 +1025,17 @@ fn encode_snapshot(shard: &Shard, key: &str, seq: u64, term: u64) -> ApiResult<O
 /// Writes an encoded snapshot at revision `rev` (0: the key must not
 /// exist); returns the new revision. Owns its arguments so that a shard
 /// can keep applying events while the write is acknowledged.
+///
+/// The revision is a fence against a stale owner, but only a best-effort
+/// one: `update(revision)` is per-subject compare-and-set, which
+/// nats-server before 2.9.21 does not make safe on replicated buckets.
+/// Correctness does not rest on it. Ownership itself is decided by the
+/// stream-wide compare-and-set of [`crate::lease`], and a snapshot is
+/// a pure function of the input log up to its `seq` (every owner applies
+/// the same log in the same order), so a stale owner's late write can
+/// only replace a snapshot by an older, still consistent one: the next
+/// owner replays more of the log from it (kept `shard_log_max_age_secs`)
+/// and reaches the same state.
 async fn write_snapshot(states: kv::Store, key: String, bytes: Bytes, rev: u64) -> ApiResult<u64> {
     let r = if rev == 0 {
         states.create(&key, bytes).await.map_err(|e| e.to_string())
