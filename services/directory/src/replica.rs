@@ -41,6 +41,10 @@ pub const STREAM: &str = "PRESENCE_DIRECTORY";
 /// leader election (4–9 s), well inside the duplicate window.
 const APPEND_FOR: Duration = Duration::from_secs(20);
 
+/// How often an idle applier checks that the log still continues from
+/// where it is.
+const LOG_START_CHECK: Duration = Duration::from_secs(2);
+
 /// The duplicate window of the stream: a retry with the same message id
 /// within it is recognized by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -401,10 +405,22 @@ impl Replica {
             Some(self.applied()),
         );
         let mut pause = Duration::from_millis(50);
+        let mut check = tokio::time::interval(LOG_START_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = log.next() => m,
+                _ = check.tick() => {
+                    // Idle, a purge past this node (or a restore under
+                    // it) would go unnoticed until the next entry.
+                    if let Some(why) = self.compacted_past().await {
+                        tracing::error!("{why}");
+                        self.inner.broken.send_replace(Some(why));
+                        return;
+                    }
+                    continue;
+                }
             };
             let msg = match next {
                 Ok(m) => m,
@@ -478,6 +494,21 @@ impl Replica {
                 }
             }
         }
+    }
+
+    /// Why this node cannot go on, if the log now starts after the entry
+    /// it needs next.
+    async fn compacted_past(&self) -> Option<String> {
+        let mut s = self.inner.stream.clone();
+        let info = s.info().await.ok()?;
+        let applied = self.applied();
+        (info.state.first_sequence > applied + 1).then(|| {
+            format!(
+                "directory log starts at {} but this node has applied only {applied}: it was \
+                 compacted past this node (or a backup was restored under it); restart it",
+                info.state.first_sequence
+            )
+        })
     }
 
     /// Publishes a snapshot whenever one is due (see [`crate::compaction`])

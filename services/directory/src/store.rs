@@ -308,7 +308,7 @@ impl Store {
         if !e.restored.is_empty() {
             return Err(ApiError::FailedPrecondition(format!(
                 "a backup was restored into the directory log at entry {seq} while this node \
-                 was running on it: restart this node with an empty data dir"
+                 was running on it: restart this node (it then loads the restored directory)"
             )));
         }
         let mut batch = sled::Batch::default();

@@ -263,9 +263,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen_addr()?).await?;
     let server = Server::build(cfg).await?;
     let stop = shutdown.clone();
+    // Also ends when the server stops on its own (an applier that cannot
+    // go on), so the process exits instead of waiting for a signal.
     tracker.spawn(async move {
-        wait_for_signal().await;
-        stop.cancel();
+        tokio::select! {
+            _ = wait_for_signal() => stop.cancel(),
+            _ = stop.cancelled() => {}
+        }
     });
     let result = server.run(listener, shutdown.clone()).await;
     shutdown.cancel();

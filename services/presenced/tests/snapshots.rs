@@ -54,6 +54,12 @@ fn stop(p: &mut Proc) {
     assert!(st.success(), "node exited with {st}");
 }
 
+/// The last sequence of the directory log.
+async fn log_last(js: &async_nats::jetstream::Context) -> u64 {
+    let mut s = js.get_stream("PRESENCE_DIRECTORY").await.unwrap();
+    s.info().await.unwrap().state.last_sequence
+}
+
 /// The first sequence left in the directory log.
 async fn log_first(js: &async_nats::jetstream::Context) -> u64 {
     let mut s = js.get_stream("PRESENCE_DIRECTORY").await.unwrap();
@@ -115,6 +121,12 @@ async fn test_log_compacts_behind_snapshots_nodes_join_from_them_and_backups_res
             .await
             .unwrap();
     }
+    // Node b stops; the directory goes on through a, long enough for the
+    // log to be compacted past everything b has.
+    let client = async_nats::connect(nats.url(2)).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    stop(&mut procs[1]);
+    let b_had = log_last(&js).await;
     let grant = |u: &str| v1::AddGrantRequest {
         domain: "acme".into(),
         target: "pw".into(),
@@ -123,20 +135,39 @@ async fn test_log_compacts_behind_snapshots_nodes_join_from_them_and_backups_res
             kind: Some(v1::grantee::Kind::User(u.into())),
         }),
     };
-    cb.policy.add_grant(grant("1000")).await.unwrap();
-    cb.policy.add_grant(grant("1001")).await.unwrap();
-
-    // The nodes publish snapshots and compact the log behind them.
-    let client = async_nats::connect(nats.url(2)).await.unwrap();
-    let js = async_nats::jetstream::new(client);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while log_first(&js).await <= 1 {
+    ca.policy.add_grant(grant("1000")).await.unwrap();
+    ca.policy.add_grant(grant("1001")).await.unwrap();
+    // Batches of writes until two snapshots past b's last entry retire
+    // the one b could have continued from.
+    let mut written = 0;
+    while log_first(&js).await <= b_had + 1 {
         assert!(
-            Instant::now() < deadline,
-            "the directory log was never compacted"
+            written < 600,
+            "the directory log was never compacted past node b (at {b_had}): it holds {}..={}",
+            log_first(&js).await,
+            log_last(&js).await
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let before = log_first(&js).await;
+        for _ in 0..30 {
+            ca.directory
+                .create_user(user(&format!("2{written:03}")))
+                .await
+                .unwrap();
+            written += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log_first(&js).await == before && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
+    // b comes back behind the log's start: it loads the newest snapshot
+    // over its old store, then the tail.
+    std::fs::remove_file(dir.join("b.ready")).ok();
+    let (b, url_b) = node_with(dir, "b", &nats.url(1), Some(&key), &SNAPSHOTS);
+    procs[1] = b;
+    let mut cb = connect(&url_b, Some(&token)).await.unwrap();
+    assert_eq!(user_ids(&mut cb).await, user_ids(&mut ca).await);
+    assert_eq!(grants(&mut cb, "pw").await.len(), 2);
 
     // A node with an empty data dir joins from the newest snapshot plus
     // the tail, and answers like the others as soon as it is ready.
@@ -144,14 +175,14 @@ async fn test_log_compacts_behind_snapshots_nodes_join_from_them_and_backups_res
     procs.push(c);
     let mut cc = connect(&url_c, Some(&token)).await.unwrap();
     let expected = user_ids(&mut ca).await;
-    assert_eq!(expected.len(), 71);
+    assert_eq!(expected.len(), 71 + written);
     assert_eq!(user_ids(&mut cc).await, expected);
     assert_eq!(grants(&mut cc, "pw").await, grants(&mut ca, "pw").await);
     assert_eq!(grants(&mut cc, "pw").await.len(), 2);
     // ... and takes writes like the others.
-    cc.directory.create_user(user("2000")).await.unwrap();
-    wait_version(&mut ca, "2000", 1).await;
-    wait_version(&mut cb, "2000", 1).await;
+    cc.directory.create_user(user("3999")).await.unwrap();
+    wait_version(&mut ca, "3999", 1).await;
+    wait_version(&mut cb, "3999", 1).await;
 
     // A backup through NATS while the deployment serves.
     let backup = dir.join("directory.backup");
@@ -191,12 +222,36 @@ async fn test_log_compacts_behind_snapshots_nodes_join_from_them_and_backups_res
     // Restore into a fresh deployment (one nats-server here): a node
     // started there serves the same users, grants and passwords.
     let fresh = NatsServer::start();
+    // A node already running on the fresh deployment's empty log stops
+    // (non-zero) when the restore lands under it, and says why.
+    let (mut early, _) = node_with(
+        dir,
+        "d",
+        fresh.url(),
+        None,
+        &[("PRESENCE_JETSTREAM_REPLICAS", "1")],
+    );
     let restored = presenced(
         &["restore", "--from", backup.to_str().unwrap()],
         &dir.join("restore-work"),
         Some(fresh.url()),
     );
     assert!(restored.status.success(), "{}", stderr(&restored));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let st = loop {
+        if let Some(st) = early.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the node kept serving under a restore: {:?}",
+            std::fs::read_to_string(dir.join("d.log"))
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!st.success(), "it stops with an error");
+    // Started again on the same data dir, it loads the restored snapshot.
+    std::fs::remove_file(dir.join("d.ready")).ok();
     let (mut d, url_d) = node_with(
         dir,
         "d",
@@ -208,7 +263,7 @@ async fn test_log_compacts_behind_snapshots_nodes_join_from_them_and_backups_res
         .await
         .unwrap();
     let mut expected = expected;
-    expected.push("2000".into());
+    expected.push("3999".into());
     expected.sort();
     assert_eq!(user_ids(&mut cd).await, expected);
     assert_eq!(grants(&mut cd, "pw").await.len(), 2);

@@ -5,14 +5,14 @@
 
 use presence_client::PresenceClient;
 use presence_proto::v1;
-use presence_testkit::{ChildGuard as Proc, spawn_ready};
+use presence_testkit::{ChildGuard as Proc, spawn_ready_logged};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// Starts node `id` (data dir `dir/id`) seeded with `nats`, the
-/// directory log at 3 replicas, with extra `env`, and waits for its ready
-/// file.
+/// Starts node `id` (data dir `dir/id`, log `dir/id.log`) seeded with
+/// `nats`, the directory log at 3 replicas, with extra `env`, and waits
+/// for its ready file.
 pub fn node_with(
     dir: &Path,
     id: &str,
@@ -34,7 +34,12 @@ pub fn node_with(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    spawn_ready(cmd, &dir.join(format!("{id}.ready")), &format!("node {id}"))
+    spawn_ready_logged(
+        cmd,
+        &dir.join(format!("{id}.ready")),
+        &format!("node {id}"),
+        Some(&dir.join(format!("{id}.log"))),
+    )
 }
 
 /// [`node_with`] without extra settings.
