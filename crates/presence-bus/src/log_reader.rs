@@ -7,8 +7,10 @@
 //! with the stream's replica count has a raft group of its own and moves
 //! with the leadership. [`LogReader`] uses such ephemeral pull consumers
 //! (no acks, deleted by the server when idle) and recreates one after the
-//! last sequence it returned whenever the current one fails, so messages
-//! come out in stream order, never twice.
+//! last sequence it returned whenever the current one fails — or skips a
+//! sequence, which a consumer without acks does when a delivery is lost
+//! with a dying server — so messages come out in stream order, never
+//! twice, and a gap is returned only when the stream really has one.
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
@@ -30,6 +32,9 @@ pub struct LogReader {
     /// messages).
     last: Option<u64>,
     messages: Option<consumer::pull::Stream>,
+    /// Whether the current consumer was opened because the previous one
+    /// skipped a sequence: a gap seen again is real (a purge).
+    regap: bool,
 }
 
 impl LogReader {
@@ -42,6 +47,7 @@ impl LogReader {
             replicas: replicas.max(1),
             last: after,
             messages: None,
+            regap: false,
         }
     }
 
@@ -89,6 +95,18 @@ impl LogReader {
                     if self.last.is_some_and(|l| seq <= l) {
                         continue;
                     }
+                    // A consumer without acks moves on when a delivery is
+                    // lost with a dying server: it skips a message. Read
+                    // again from a new consumer; a gap that comes back is
+                    // real (the stream was purged) and is the caller's to
+                    // judge.
+                    if self.last.is_some_and(|l| seq > l + 1) && !self.regap {
+                        tracing::debug!(seq, last = ?self.last, "log consumer skipped; reopening");
+                        self.messages = None;
+                        self.regap = true;
+                        continue;
+                    }
+                    self.regap = false;
                     self.last = Some(seq);
                     return Ok(m);
                 }

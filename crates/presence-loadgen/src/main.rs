@@ -579,19 +579,19 @@ async fn baseline(
     Ok(finish("baseline", &meter, &hist, pub_result, None))
 }
 
-async fn broker(
-    a: &Args,
+/// Issues a token for a gateway service `name` that watches on behalf
+/// of the users of `domain` (needs an admin token).
+async fn gateway_token(
     admin: &mut PresenceClient,
     domain: &str,
-    watchers_per_user: &[u64],
-    base: Instant,
-) -> anyhow::Result<(Phase, Option<(f64, f64)>)> {
-    let gateway = admin
+    name: &str,
+) -> anyhow::Result<String> {
+    Ok(admin
         .auth
         .issue_token(v1::IssueTokenRequest {
             subject: Some(v1::issue_token_request::Subject::Service(
                 v1::ServicePrincipal {
-                    name: "loadgen-gateway".into(),
+                    name: name.into(),
                     domains: vec![domain.into()],
                     rights: vec!["presence.watch".into()],
                 },
@@ -601,7 +601,17 @@ async fn broker(
         .await
         .context("issue gateway token (needs an admin token)")?
         .into_inner()
-        .token;
+        .token)
+}
+
+async fn broker(
+    a: &Args,
+    admin: &mut PresenceClient,
+    domain: &str,
+    watchers_per_user: &[u64],
+    base: Instant,
+) -> anyhow::Result<(Phase, Option<(f64, f64)>)> {
+    let gateway = gateway_token(admin, domain, "loadgen-gateway").await?;
     let rss_before = match a.server_pid {
         Some(pid) => Some(rss(pid)?),
         None => None,

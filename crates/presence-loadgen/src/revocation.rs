@@ -43,6 +43,38 @@ fn grantee(w: &str) -> Option<v1::Grantee> {
     })
 }
 
+/// Gives (or removes) the watcher's see grant of `target`.
+async fn see_grant(
+    c: &mut PresenceClient,
+    domain: &str,
+    target: &str,
+    give: bool,
+) -> anyhow::Result<()> {
+    let (domain, target) = (domain.to_owned(), target.to_owned());
+    let kind = v1::GrantKind::See as i32;
+    let r = if give {
+        c.policy
+            .add_grant(v1::AddGrantRequest {
+                domain,
+                target: target.clone(),
+                kind,
+                grantee: grantee(WATCHER),
+            })
+            .await
+    } else {
+        c.policy
+            .remove_grant(v1::RemoveGrantRequest {
+                domain,
+                target: target.clone(),
+                kind,
+                grantee: grantee(WATCHER),
+            })
+            .await
+    };
+    r.with_context(|| format!("see grant of {target} (give: {give})"))?;
+    Ok(())
+}
+
 fn target(i: usize) -> String {
     format!("t{i:05}")
 }
@@ -92,16 +124,7 @@ async fn setup(admin: &mut PresenceClient, domain: &str, users: usize) -> anyhow
             })
             .await
             .with_context(|| format!("settings of {id}"))?;
-        admin
-            .policy
-            .add_grant(v1::AddGrantRequest {
-                domain: domain.into(),
-                target: id.clone(),
-                kind: v1::GrantKind::See as i32,
-                grantee: grantee(WATCHER),
-            })
-            .await
-            .with_context(|| format!("grant of {id}"))?;
+        see_grant(admin, domain, &id, true).await?;
     }
     Ok(())
 }
@@ -141,22 +164,7 @@ pub async fn run(
     eprintln!("revocation: setup of {domain} ({users} targets) through {write_url}");
     setup(&mut writer, domain, users).await?;
     let mut watch_admin = presence_client::connect(watch_url, Some(token)).await?;
-    let gateway = watch_admin
-        .auth
-        .issue_token(v1::IssueTokenRequest {
-            subject: Some(v1::issue_token_request::Subject::Service(
-                v1::ServicePrincipal {
-                    name: "loadgen-revocation".into(),
-                    domains: vec![domain.into()],
-                    rights: vec!["presence.watch".into()],
-                },
-            )),
-            ttl_seconds: 86_400,
-        })
-        .await
-        .context("issue gateway token")?
-        .into_inner()
-        .token;
+    let gateway = crate::gateway_token(&mut watch_admin, domain, "loadgen-revocation").await?;
     // The watch node must hold the whole setup before the stream opens.
     let caught_up = writer
         .directory
@@ -183,16 +191,7 @@ pub async fn run(
     for r in 0..rounds {
         let t = target(r % users);
         let sent = Instant::now();
-        writer
-            .policy
-            .remove_grant(v1::RemoveGrantRequest {
-                domain: domain.into(),
-                target: t.clone(),
-                kind: v1::GrantKind::See as i32,
-                grantee: grantee(WATCHER),
-            })
-            .await
-            .context("remove grant")?;
+        see_grant(&mut writer, domain, &t, false).await?;
         let answered = Instant::now();
         let seen = wait_for(&mut stream, |e| matches!(e, E::Revoked(a) if a.target == t)).await?;
         write.record(ns(answered - sent)).ok();
@@ -201,16 +200,7 @@ pub async fn run(
             .record(ns(seen.saturating_duration_since(answered)))
             .ok();
         let sent = Instant::now();
-        writer
-            .policy
-            .add_grant(v1::AddGrantRequest {
-                domain: domain.into(),
-                target: t.clone(),
-                kind: v1::GrantKind::See as i32,
-                grantee: grantee(WATCHER),
-            })
-            .await
-            .context("add grant")?;
+        see_grant(&mut writer, domain, &t, true).await?;
         let seen = wait_for(&mut stream, |e| matches!(e, E::Granted(a) if a.target == t)).await?;
         granted_req.record(ns(seen - sent)).ok();
     }

@@ -479,11 +479,24 @@ pub fn spawn_ready_logged(
         {
             return (child, format!("http://{addr}"));
         }
+        let tail = || {
+            log.and_then(|p| std::fs::read_to_string(p).ok())
+                .map(|t| {
+                    let lines: Vec<&str> = t.lines().collect();
+                    lines[lines.len().saturating_sub(15)..].join("\n")
+                })
+                .unwrap_or_default()
+        };
         assert!(
             matches!(child.0.try_wait(), Ok(None)),
-            "{what} exited before it was ready"
+            "{what} exited before it was ready; its log ends:\n{}",
+            tail()
         );
-        assert!(Instant::now() < deadline, "{what} did not become ready");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not become ready; its log ends:\n{}",
+            tail()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

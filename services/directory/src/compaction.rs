@@ -33,6 +33,16 @@ pub const SNAPSHOTS_BUCKET: &str = "PRESENCE_DIRECTORY_SNAPSHOTS";
 /// The KV bucket whose one key is the snapshot lease.
 pub const LEASE_BUCKET: &str = "PRESENCE_DIRECTORY_SNAPSHOT_LEASE";
 
+/// The KV bucket where each node reports the last log entry it applied
+/// (key: node id), so that compaction never purges entries a live node
+/// still needs.
+pub const NODES_BUCKET: &str = "PRESENCE_DIRECTORY_NODES";
+
+/// How long a node's report counts after it was written: a node silent
+/// for longer no longer holds compaction back (it loads a snapshot when
+/// it comes back).
+pub const NODE_TTL: Duration = Duration::from_secs(30);
+
 /// How many snapshots the catalog keeps (the log is purged below the
 /// oldest).
 pub const KEEP: usize = 2;
@@ -101,8 +111,10 @@ fn now_ms() -> u64 {
 /// The deployment's snapshot buckets.
 #[derive(Clone)]
 pub struct Snapshots {
+    js: jetstream::Context,
     objects: object_store::ObjectStore,
     leases: kv::Store,
+    nodes: kv::Store,
 }
 
 impl Snapshots {
@@ -133,7 +145,13 @@ impl Snapshots {
             replicas,
         )
         .await?;
-        Ok(Self { objects, leases })
+        let nodes = presence_bus::buckets::kv_bucket(js, NODES_BUCKET, NODE_TTL, replicas).await?;
+        Ok(Self {
+            js: js.clone(),
+            objects,
+            leases,
+            nodes,
+        })
     }
 
     /// Reads the catalog (empty when nothing was published yet).
@@ -182,6 +200,70 @@ impl Snapshots {
             )));
         }
         Ok(info)
+    }
+
+    /// Reports that `node` has applied the log up to `applied` (nothing
+    /// for a nameless reader such as a backup).
+    pub async fn report(&self, node: &str, applied: u64) -> ApiResult<()> {
+        if node.is_empty() {
+            return Ok(());
+        }
+        self.nodes
+            .put(node, bytes::Bytes::from(applied.to_string()))
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable("directory node report", e))
+    }
+
+    /// Withdraws `node`'s report: it stops (gracefully) and no longer
+    /// holds compaction back.
+    pub async fn withdraw(&self, node: &str) {
+        if node.is_empty() {
+            return;
+        }
+        if let Err(e) = self.nodes.delete(node).await {
+            tracing::debug!(error = %e, "directory node report not withdrawn");
+        }
+    }
+
+    /// The least log entry applied by the nodes that reported within
+    /// [`NODE_TTL`] (`None`: no report). Read without a consumer (KV
+    /// `keys()` makes one, which a dead server can leave unanswered).
+    pub async fn least_applied(&self) -> ApiResult<Option<u64>> {
+        use futures_util::TryStreamExt;
+        let stream = self
+            .js
+            .get_stream(format!("KV_{NODES_BUCKET}"))
+            .await
+            .map_err(|e| unavailable("directory nodes", e))?;
+        let prefix = format!("$KV.{NODES_BUCKET}.");
+        let subjects: Vec<(String, usize)> = stream
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(|e| unavailable("directory nodes", e))?
+            .try_collect()
+            .await
+            .map_err(|e| unavailable("directory nodes", e))?;
+        let mut least: Option<u64> = None;
+        for (subject, _) in subjects {
+            let m = match stream.direct_get_last_for_subject(subject).await {
+                Ok(m) => m,
+                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => continue,
+                Err(e) => return Err(unavailable("directory nodes", e)),
+            };
+            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
+            if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
+                continue;
+            }
+            let Some(applied) = std::str::from_utf8(&m.payload)
+                .ok()
+                .and_then(|t| t.parse::<u64>().ok())
+            else {
+                continue;
+            };
+            least = Some(least.map_or(applied, |l| l.min(applied)));
+        }
+        Ok(least)
     }
 
     /// Tries to take the snapshot lease for `node`: true if this node

@@ -398,29 +398,60 @@ impl Replica {
 
     /// Applies the log in order until `shutdown`: each entry in one
     /// durable sled batch, then what it announces on the local bus.
+    /// Meanwhile reports this node's position (so that compaction waits
+    /// for it) and stops if the log no longer continues from it.
     pub async fn run(self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = self.apply_log(&shutdown) => {}
+            _ = self.watch_position(&shutdown) => {}
+        }
+        if shutdown.is_cancelled() {
+            let stop = self.inner.snapshots.withdraw(&self.inner.cfg.node);
+            let _ = tokio::time::timeout(Duration::from_secs(2), stop).await;
+        }
+    }
+
+    /// Every [`LOG_START_CHECK`]: reports where this node is and checks
+    /// that the log still continues from there (idle, a purge past this
+    /// node or a restore under it would go unnoticed until the next
+    /// entry). Returns when the node cannot go on, or at shutdown.
+    async fn watch_position(&self, shutdown: &CancellationToken) {
+        let mut check = tokio::time::interval(LOG_START_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = check.tick() => {}
+            }
+            if let Err(e) = self
+                .inner
+                .snapshots
+                .report(&self.inner.cfg.node, self.applied())
+                .await
+            {
+                tracing::debug!(error = %e, "directory node report failed");
+            }
+            if let Some(why) = self.compacted_past().await {
+                tracing::error!("{why}");
+                self.inner.broken.send_replace(Some(why));
+                return;
+            }
+        }
+    }
+
+    /// The applier proper (its reads are never cancelled midway but at
+    /// shutdown: a dropped read could skip an entry).
+    async fn apply_log(&self, shutdown: &CancellationToken) {
         let mut log = LogReader::new(
             self.inner.stream.clone(),
             self.inner.cfg.replicas,
             Some(self.applied()),
         );
         let mut pause = Duration::from_millis(50);
-        let mut check = tokio::time::interval(LOG_START_CHECK);
-        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 m = log.next() => m,
-                _ = check.tick() => {
-                    // Idle, a purge past this node (or a restore under
-                    // it) would go unnoticed until the next entry.
-                    if let Some(why) = self.compacted_past().await {
-                        tracing::error!("{why}");
-                        self.inner.broken.send_replace(Some(why));
-                        return;
-                    }
-                    continue;
-                }
             };
             let msg = match next {
                 Ok(m) => m,
@@ -567,10 +598,24 @@ impl Replica {
         metrics::counter!("presence_directory_snapshots_published_total").increment(1);
         metrics::gauge!("presence_directory_snapshot_log_sequence").set(info.log_sequence as f64);
         if let Some(oldest) = catalog.snapshots.first() {
+            // Never past what a live node still has to apply: a lagging
+            // node keeps following the log instead of having to restart.
+            let mut keep_from = oldest.log_sequence;
+            if let Some(least) = self.inner.snapshots.least_applied().await? {
+                if least < keep_from {
+                    metrics::counter!("presence_directory_compaction_held_total").increment(1);
+                    tracing::info!(
+                        least_applied = least,
+                        snapshot = oldest.log_sequence,
+                        "directory log compaction held back by a lagging node"
+                    );
+                }
+                keep_from = keep_from.min(least);
+            }
             self.inner
                 .stream
                 .purge()
-                .sequence(oldest.log_sequence + 1)
+                .sequence(keep_from + 1)
                 .await
                 .map_err(|e| unavailable(&format!("compact stream {STREAM}"), e))?;
         }

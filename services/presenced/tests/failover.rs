@@ -14,7 +14,10 @@
 
 mod common;
 
-use common::{acme, bootstrap_token, digest, node_with, user, user_ids, wait_version};
+use common::{
+    acme, assert_equal_digests, bootstrap_token, log_info, log_tail, node_with, user, user_ids,
+    wait_version,
+};
 use presence_client::{PresenceClient, connect};
 use presence_proto::v1;
 use presence_testkit::NatsCluster;
@@ -98,9 +101,14 @@ async fn writer(
     ids
 }
 
-async fn wait_acked(acked: &AtomicUsize, n: usize) {
+async fn wait_acked(acked: &AtomicUsize, n: usize, dir: &std::path::Path) {
     let deadline = Instant::now() + Duration::from_secs(120);
     while acked.load(Ordering::SeqCst) < n {
+        if Instant::now() >= deadline {
+            for id in ["a", "b", "c"] {
+                eprintln!("{id}: {}", log_tail(dir, id));
+            }
+        }
         assert!(
             Instant::now() < deadline,
             "writes stalled at {}",
@@ -156,22 +164,15 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
         .collect();
 
     // The stream leader's nats-server dies mid-burst.
-    wait_acked(&acked, 20).await;
+    wait_acked(&acked, 20, dir).await;
     let client =
         async_nats::ConnectOptions::with_user_and_password("presenced".into(), "change-me".into())
             .connect(nats.url(0))
             .await
             .unwrap();
     let js = async_nats::jetstream::new(client);
-    let info = js
-        .get_stream("PRESENCE_DIRECTORY")
+    let leader = log_info(&js)
         .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .clone();
-    let leader = info
         .cluster
         .and_then(|c| c.leader)
         .expect("the log has a leader");
@@ -179,10 +180,10 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
     nats.kill(leader);
 
     // Then presenced node b dies mid-burst; its writer goes on elsewhere.
-    wait_acked(&acked, 60).await;
+    wait_acked(&acked, 60, dir).await;
     procs[1].0.kill().unwrap();
     procs[1].0.wait().unwrap();
-    wait_acked(&acked, 90).await;
+    wait_acked(&acked, 90, dir).await;
     nats.restart(leader);
     std::fs::remove_file(dir.join("b.ready")).ok();
     let (b, url_b) = node_with(dir, "b", &nats.urls(), Some(&key), &ha);
@@ -199,7 +200,15 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
     // Every acknowledged write is on every node, and nothing else.
     let last = expected.last().unwrap().clone();
     for url in [&url_a, &url_b, &url_c] {
-        let mut cl = connect(url, Some(&token)).await.unwrap();
+        let mut cl = match connect(url, Some(&token)).await {
+            Ok(c) => c,
+            Err(e) => panic!(
+                "{url}: {e}; logs:\na: {}\nb: {}\nc: {}",
+                log_tail(dir, "a"),
+                log_tail(dir, "b"),
+                log_tail(dir, "c")
+            ),
+        };
         for n in 0..3 {
             wait_version(&mut cl, &format!("w{n}{:03}", WRITES - 1), 1).await;
         }
@@ -269,27 +278,12 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
     }
 
     // The log was compacted behind snapshots meanwhile.
-    let first = js
-        .get_stream("PRESENCE_DIRECTORY")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .first_sequence;
+    let first = log_info(&js).await.state.first_sequence;
     assert!(first > 1, "the directory log was never compacted");
 
     // Equal stores everywhere.
     for p in &mut procs {
         p.terminate(Duration::from_secs(10));
     }
-    let digests: Vec<String> = ["a", "b", "c"]
-        .iter()
-        .map(|id| digest(&dir.join(id)))
-        .collect();
-    assert!(
-        digests.iter().all(|d| *d == digests[0]),
-        "store digests differ: {digests:?}"
-    );
+    assert_equal_digests(dir, &["a", "b", "c"]);
 }

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{acme, bootstrap_token, digest, node, user, wait_version};
+use common::{acme, assert_equal_digests, bootstrap_token, node, user, wait_version};
 use presence_client::connect;
 use presence_proto::v1;
 use presence_testkit::NatsCluster;
@@ -363,12 +363,5 @@ async fn test_three_nodes_share_one_directory_through_the_log() {
     for p in &mut procs {
         p.terminate(Duration::from_secs(10));
     }
-    let digests: Vec<String> = ["a", "b", "c", "d"]
-        .iter()
-        .map(|id| digest(&dir.join(id)))
-        .collect();
-    assert!(
-        digests.iter().all(|d| *d == digests[0]),
-        "store digests differ: {digests:?}"
-    );
+    assert_equal_digests(dir, &["a", "b", "c", "d"]);
 }

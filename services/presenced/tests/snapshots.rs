@@ -11,7 +11,10 @@
 
 mod common;
 
-use common::{acme, bootstrap_token, digest, node_with, user, user_ids, wait_version};
+use common::{
+    acme, assert_equal_digests, bootstrap_token, digest, log_info, node_with, user, user_ids,
+    wait_version,
+};
 use presence_client::{PresenceClient, connect};
 use presence_proto::v1;
 use presence_testkit::{ChildGuard as Proc, NatsCluster, NatsServer, spawn_ready};
@@ -56,14 +59,12 @@ fn stop(p: &mut Proc) {
 
 /// The last sequence of the directory log.
 async fn log_last(js: &async_nats::jetstream::Context) -> u64 {
-    let mut s = js.get_stream("PRESENCE_DIRECTORY").await.unwrap();
-    s.info().await.unwrap().state.last_sequence
+    log_info(js).await.state.last_sequence
 }
 
 /// The first sequence left in the directory log.
 async fn log_first(js: &async_nats::jetstream::Context) -> u64 {
-    let mut s = js.get_stream("PRESENCE_DIRECTORY").await.unwrap();
-    s.info().await.unwrap().state.first_sequence
+    log_info(js).await.state.first_sequence
 }
 
 async fn grants(c: &mut PresenceClient, target: &str) -> Vec<v1::Grantee> {
@@ -211,12 +212,7 @@ async fn test_log_compacts_behind_snapshots_nodes_join_from_them_and_backups_res
     for p in &mut procs {
         stop(p);
     }
-    let digests: Vec<String> = ["a", "b", "c"]
-        .iter()
-        .map(|id| digest(&dir.join(id)))
-        .collect();
-    assert_eq!(digests[0], digests[1]);
-    assert_eq!(digests[0], digests[2]);
+    assert_equal_digests(dir, &["a", "b", "c"]);
     drop(nats);
 
     // Restore into a fresh deployment (one nats-server here): a node

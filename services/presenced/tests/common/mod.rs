@@ -137,3 +137,30 @@ pub async fn user_ids(c: &mut PresenceClient) -> Vec<String> {
     ids.sort();
     ids
 }
+
+/// The directory log stream's current info.
+pub async fn log_info(js: &async_nats::jetstream::Context) -> async_nats::jetstream::stream::Info {
+    let mut s = js.get_stream("PRESENCE_DIRECTORY").await.unwrap();
+    s.info().await.unwrap().clone()
+}
+
+/// Asserts that the (stopped) nodes `ids` under `dir` hold equal stores.
+pub fn assert_equal_digests(dir: &Path, ids: &[&str]) {
+    let digests: Vec<String> = ids.iter().map(|id| digest(&dir.join(id))).collect();
+    assert!(
+        digests.iter().all(|d| *d == digests[0]),
+        "store digests differ: {digests:?}"
+    );
+}
+
+/// The last lines of node `id`'s log (for failure messages).
+pub fn log_tail(dir: &Path, id: &str) -> String {
+    let text = std::fs::read_to_string(dir.join(format!("{id}.log"))).unwrap_or_default();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    let warnings: Vec<&str> = text.lines().filter(|l| l.contains("WARN")).collect();
+    format!(
+        "{}\n… {}",
+        errors[errors.len().saturating_sub(5)..].join("\n"),
+        warnings[warnings.len().saturating_sub(3)..].join("\n")
+    )
+}
