@@ -38,3 +38,30 @@ pub async fn kv_bucket(
     }
     js.get_key_value(name).await.map_err(|e| unavailable(&e))
 }
+
+/// How long a node keeps retrying the JetStream calls it makes while
+/// starting (creating or opening streams and buckets): longer than a
+/// stream or meta leader election (4–9 s), so a node started while a
+/// NATS server restarts waits instead of failing.
+pub const STARTUP_RETRIES_FOR: Duration = Duration::from_secs(30);
+
+/// Runs `f` until it succeeds, retrying `Unavailable` (timeouts, no
+/// leader) with backoff for up to [`STARTUP_RETRIES_FOR`].
+pub async fn retry_unavailable<T, F, Fut>(what: &str, mut f: F) -> ApiResult<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ApiResult<T>>,
+{
+    let deadline = tokio::time::Instant::now() + STARTUP_RETRIES_FOR;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match f().await {
+            Err(ApiError::Unavailable(m)) if tokio::time::Instant::now() + pause < deadline => {
+                tracing::info!(what, error = %m, "JetStream not ready; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+            r => return r,
+        }
+    }
+}

@@ -487,11 +487,12 @@ pub fn spawn_ready_logged(
                 })
                 .unwrap_or_default()
         };
-        assert!(
-            matches!(child.0.try_wait(), Ok(None)),
-            "{what} exited before it was ready; its log ends:\n{}",
-            tail()
-        );
+        if let Ok(Some(st)) = child.0.try_wait() {
+            panic!(
+                "{what} exited ({st}) before it was ready; its log ends:\n{}",
+                tail()
+            );
+        }
         assert!(
             Instant::now() < deadline,
             "{what} did not become ready; its log ends:\n{}",

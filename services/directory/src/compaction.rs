@@ -227,8 +227,9 @@ impl Snapshots {
     }
 
     /// The least log entry applied by the nodes that reported within
-    /// [`NODE_TTL`] (`None`: no report). Read without a consumer (KV
-    /// `keys()` makes one, which a dead server can leave unanswered).
+    /// [`NODE_TTL`] (`None`: no report). Read from the stream's leader
+    /// without a consumer (KV `keys()` makes one, which a dead server can
+    /// leave unanswered).
     pub async fn least_applied(&self) -> ApiResult<Option<u64>> {
         use futures_util::TryStreamExt;
         let stream = self
@@ -246,9 +247,16 @@ impl Snapshots {
             .map_err(|e| unavailable("directory nodes", e))?;
         let mut least: Option<u64> = None;
         for (subject, _) in subjects {
-            let m = match stream.direct_get_last_for_subject(subject).await {
+            // From the stream leader, not a direct get: any replica
+            // answers those, and one catching up after a restart can
+            // miss a report, which would let a purge pass that node.
+            let m = match stream.get_last_raw_message_by_subject(&subject).await {
                 Ok(m) => m,
-                Err(e) if e.kind() == jetstream::stream::DirectGetErrorKind::NotFound => continue,
+                Err(e)
+                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
+                {
+                    continue;
+                }
                 Err(e) => return Err(unavailable("directory nodes", e)),
             };
             let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
@@ -261,8 +269,10 @@ impl Snapshots {
             else {
                 continue;
             };
+            tracing::debug!(%subject, applied, "directory node report");
             least = Some(least.map_or(applied, |l| l.min(applied)));
         }
+        tracing::debug!(?least, "directory nodes' least applied entry");
         Ok(least)
     }
 

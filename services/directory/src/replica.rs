@@ -45,6 +45,10 @@ const APPEND_FOR: Duration = Duration::from_secs(20);
 /// where it is.
 const LOG_START_CHECK: Duration = Duration::from_secs(2);
 
+/// How many checks in a row must see the log start past a node that
+/// makes no progress before it stops.
+const GAP_CONFIRMATIONS: u32 = 3;
+
 /// The duplicate window of the stream: a retry with the same message id
 /// within it is recognized by the server.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
@@ -199,25 +203,44 @@ impl Replica {
         cfg: ReplicaConfig,
     ) -> ApiResult<Self> {
         let js = jetstream::new(client);
-        js.get_or_create_stream(stream_config(cfg.replicas))
-            .await
-            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
-        let mut stream = js
-            .get_stream(STREAM)
-            .await
-            .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
-        let snapshots = Snapshots::open(&js, cfg.replicas, cfg.snapshot_interval).await?;
+        // Retried: a node started while a NATS server restarts waits for
+        // its JetStream instead of failing.
+        let (stream, snapshots) =
+            presence_bus::buckets::retry_unavailable("directory log and buckets", || async {
+                js.get_or_create_stream(stream_config(cfg.replicas))
+                    .await
+                    .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+                let stream = js
+                    .get_stream(STREAM)
+                    .await
+                    .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
+                let snapshots = Snapshots::open(&js, cfg.replicas, cfg.snapshot_interval).await?;
+                Ok((stream, snapshots))
+            })
+            .await?;
         // The log may be compacted while a snapshot loads: look again.
         let mut attempts = 0;
         let applied = loop {
-            let info = stream
-                .info()
-                .await
-                .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?;
-            let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+            let state = presence_bus::buckets::retry_unavailable("directory log", || {
+                let mut s = stream.clone();
+                async move {
+                    s.info()
+                        .await
+                        .map(|i| i.state.clone())
+                        .map_err(|e| unavailable(&format!("stream {STREAM}"), e))
+                }
+            })
+            .await?;
+            let (first, last) = (state.first_sequence, state.last_sequence);
             let applied = store.log_sequence()?;
             let behind = applied < last && first > applied + 1;
             if !store.import_pending()? && !behind {
+                if applied > last && attempts < 3 {
+                    // Perhaps a lagging server's answer: ask again.
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
                 if applied > last {
                     return Err(ApiError::FailedPrecondition(format!(
                         "the directory store has applied log entry {applied} but stream \
@@ -235,7 +258,15 @@ impl Replica {
                      (it starts at {first}); try again"
                 )));
             }
-            load_snapshot(&snapshots, &store, &cfg, first, applied).await?;
+            if let Err(e) = load_snapshot(&snapshots, &store, &cfg, first, applied).await {
+                // During an election a server catching up can report a
+                // later start than the log has: look again before giving up.
+                if attempts >= 3 {
+                    return Err(e);
+                }
+                tracing::info!(error = %e, "no snapshot loaded yet; reading the log's start again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         };
         let (applied, _) = watch::channel(applied);
         let (broken, _) = watch::channel(None);
@@ -418,20 +449,46 @@ impl Replica {
     async fn watch_position(&self, shutdown: &CancellationToken) {
         let mut check = tokio::time::interval(LOG_START_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The applied position at which the log was first seen starting
+        // after it, and how many checks in a row saw so.
+        let mut suspect: Option<u64> = None;
+        let mut confirmations = 0u32;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = check.tick() => {}
             }
-            if let Err(e) = self
-                .inner
-                .snapshots
-                .report(&self.inner.cfg.node, self.applied())
-                .await
-            {
-                tracing::debug!(error = %e, "directory node report failed");
+            // Each step bounded: a request to a dying server must not stop
+            // the reports (compaction would then go by a stale position).
+            let applied = self.applied();
+            let report = self.inner.snapshots.report(&self.inner.cfg.node, applied);
+            match tokio::time::timeout(LOG_START_CHECK, report).await {
+                Ok(Ok(())) => tracing::debug!(applied, "directory position reported"),
+                Ok(Err(e)) => tracing::debug!(error = %e, "directory node report failed"),
+                Err(_) => tracing::debug!("directory node report timed out"),
             }
-            if let Some(why) = self.compacted_past().await {
+            // One stream-info answer is not enough: during an election a
+            // server that is catching up can answer with its own, later
+            // start. The node stops only when successive checks agree and
+            // it made no progress between them.
+            let past = tokio::time::timeout(LOG_START_CHECK, self.compacted_past()).await;
+            let past = match past {
+                Ok(Some(why)) if suspect == Some(applied) => {
+                    confirmations += 1;
+                    (confirmations >= GAP_CONFIRMATIONS).then_some(why)
+                }
+                Ok(Some(_)) => {
+                    suspect = Some(applied);
+                    confirmations = 1;
+                    None
+                }
+                _ => {
+                    suspect = None;
+                    confirmations = 0;
+                    None
+                }
+            };
+            if let Some(why) = past {
                 tracing::error!("{why}");
                 self.inner.broken.send_replace(Some(why));
                 return;
@@ -618,6 +675,11 @@ impl Replica {
                 .sequence(keep_from + 1)
                 .await
                 .map_err(|e| unavailable(&format!("compact stream {STREAM}"), e))?;
+            tracing::info!(
+                below = keep_from + 1,
+                oldest_snapshot = oldest.log_sequence,
+                "directory log compacted"
+            );
         }
         Ok(Some(catalog))
     }

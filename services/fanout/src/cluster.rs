@@ -244,21 +244,28 @@ impl Cluster {
         }
         let js = jetstream::new(client.clone());
         let replicas = cfg.replicas.max(1);
-        let nodes = bucket(&js, NODES_BUCKET, cfg.lease_ttl, replicas).await?;
-        bucket(&js, LEASES_BUCKET, cfg.lease_ttl, replicas).await?;
-        let leases = CasBucket::new(js.clone(), LEASES_BUCKET);
-        let states = bucket(&js, STATES_BUCKET, Duration::ZERO, replicas).await?;
-        let ingest = js
-            .get_or_create_stream(stream::Config {
-                name: INGEST_STREAM.into(),
-                subjects: vec![subjects::ingest_all()],
-                max_age: cfg.input_max_age,
-                storage: stream::StorageType::File,
-                num_replicas: cfg.replicas.max(1),
-                ..Default::default()
+        // Retried: a node started while a NATS server restarts waits for
+        // its JetStream instead of failing.
+        let (nodes, states, ingest) =
+            presence_bus::buckets::retry_unavailable("fanout streams and buckets", || async {
+                let nodes = bucket(&js, NODES_BUCKET, cfg.lease_ttl, replicas).await?;
+                bucket(&js, LEASES_BUCKET, cfg.lease_ttl, replicas).await?;
+                let states = bucket(&js, STATES_BUCKET, Duration::ZERO, replicas).await?;
+                let ingest = js
+                    .get_or_create_stream(stream::Config {
+                        name: INGEST_STREAM.into(),
+                        subjects: vec![subjects::ingest_all()],
+                        max_age: cfg.input_max_age,
+                        storage: stream::StorageType::File,
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| unavailable("stream PRESENCE_INGEST", e))?;
+                Ok((nodes, states, ingest))
             })
-            .await
-            .map_err(|e| unavailable("stream PRESENCE_INGEST", e))?;
+            .await?;
+        let leases = CasBucket::new(js.clone(), LEASES_BUCKET);
         let results = subjects::node_results(&cfg.node_id);
         let verdicts = client
             .subscribe(results.clone())

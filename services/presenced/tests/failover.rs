@@ -6,7 +6,8 @@
 //! stream leader (a nats-server) and then a presenced node are killed with
 //! -9 and restarted; every acknowledged write is on every node exactly
 //! once (no retry was ever answered `ALREADY_EXISTS`), and the stores end
-//! with equal digests. A node that dies between the log's acknowledgement
+//! with equal digests, also after every node is killed at once. A node
+//! that dies between the log's acknowledgement
 //! and its answer (a crash point) leaves a write that the client's retry
 //! through another node completes with the original answer, applied once.
 
@@ -280,6 +281,25 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
     // The log was compacted behind snapshots meanwhile.
     let first = log_info(&js).await.state.first_sequence;
     assert!(first > 1, "the directory log was never compacted");
+
+    // Every presenced node killed at once: nothing acknowledged is lost
+    // (the log is the source of truth), and each comes back with it.
+    let before = user_ids(&mut ca).await;
+    for p in &mut procs {
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+    }
+    for (i, id) in ["a", "b", "c"].iter().enumerate() {
+        std::fs::remove_file(dir.join(format!("{id}.ready"))).ok();
+        let (p, url) = node_with(dir, id, &nats.urls(), Some(&key), &ha);
+        procs[i] = p;
+        let mut cl = connect(&url, Some(&token)).await.unwrap();
+        assert_eq!(
+            user_ids(&mut cl).await,
+            before,
+            "node {id} after kill -9 of all"
+        );
+    }
 
     // Equal stores everywhere.
     for p in &mut procs {
