@@ -65,3 +65,45 @@ where
         }
     }
 }
+
+/// Every live entry of KV bucket `name` as (key, value), read from the
+/// stream's leader without a consumer: KV `keys()` makes one, which a
+/// dead server can leave unanswered, and a direct get may be answered by
+/// a replica still catching up after a restart, without recent entries.
+/// Deleted and purged keys are left out.
+pub async fn kv_entries(
+    js: &jetstream::Context,
+    name: &str,
+) -> ApiResult<Vec<(String, bytes::Bytes)>> {
+    use futures_util::TryStreamExt;
+    let unavailable =
+        |e: &dyn std::fmt::Display| ApiError::Unavailable(format!("KV bucket {name}: {e}"));
+    let stream = js
+        .get_stream(format!("KV_{name}"))
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let prefix = format!("$KV.{name}.");
+    let subjects: Vec<(String, usize)> = stream
+        .info_with_subjects(format!("{prefix}>"))
+        .await
+        .map_err(|e| unavailable(&e))?
+        .try_collect()
+        .await
+        .map_err(|e| unavailable(&e))?;
+    let mut out = Vec::with_capacity(subjects.len());
+    for (subject, _) in subjects {
+        let m = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => m,
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => return Err(unavailable(&e)),
+        };
+        let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
+        if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
+            continue;
+        }
+        if let Some(key) = subject.strip_prefix(&prefix) {
+            out.push((key.to_owned(), m.payload));
+        }
+    }
+    Ok(out)
+}

@@ -227,49 +227,20 @@ impl Snapshots {
     }
 
     /// The least log entry applied by the nodes that reported within
-    /// [`NODE_TTL`] (`None`: no report). Read from the stream's leader
-    /// without a consumer (KV `keys()` makes one, which a dead server can
-    /// leave unanswered).
+    /// [`NODE_TTL`] (`None`: no report), read with
+    /// [`presence_bus::buckets::kv_entries`] (from the stream's leader: a
+    /// replica catching up could miss a report and let a purge pass that
+    /// node).
     pub async fn least_applied(&self) -> ApiResult<Option<u64>> {
-        use futures_util::TryStreamExt;
-        let stream = self
-            .js
-            .get_stream(format!("KV_{NODES_BUCKET}"))
-            .await
-            .map_err(|e| unavailable("directory nodes", e))?;
-        let prefix = format!("$KV.{NODES_BUCKET}.");
-        let subjects: Vec<(String, usize)> = stream
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(|e| unavailable("directory nodes", e))?
-            .try_collect()
-            .await
-            .map_err(|e| unavailable("directory nodes", e))?;
         let mut least: Option<u64> = None;
-        for (subject, _) in subjects {
-            // From the stream leader, not a direct get: any replica
-            // answers those, and one catching up after a restart can
-            // miss a report, which would let a purge pass that node.
-            let m = match stream.get_last_raw_message_by_subject(&subject).await {
-                Ok(m) => m,
-                Err(e)
-                    if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-                {
-                    continue;
-                }
-                Err(e) => return Err(unavailable("directory nodes", e)),
-            };
-            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
-            if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
-                continue;
-            }
-            let Some(applied) = std::str::from_utf8(&m.payload)
+        for (node, value) in presence_bus::buckets::kv_entries(&self.js, NODES_BUCKET).await? {
+            let Some(applied) = std::str::from_utf8(&value)
                 .ok()
                 .and_then(|t| t.parse::<u64>().ok())
             else {
                 continue;
             };
-            tracing::debug!(%subject, applied, "directory node report");
+            tracing::debug!(%node, applied, "directory node report");
             least = Some(least.map_or(applied, |l| l.min(applied)));
         }
         tracing::debug!(?least, "directory nodes' least applied entry");

@@ -40,8 +40,8 @@ use crate::convert::{reject_reason, state_to_proto};
 use crate::service::{applied, check_event, ingest_target, rejected};
 use crate::shard::{RateLimit, Shard, SnapUser, UserKey, shard_index, sleep_until_opt};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use futures_util::{StreamExt, TryStreamExt};
 use presence_bus::{SharedBus, subjects};
 use presence_core::presence::Limits;
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
@@ -545,35 +545,11 @@ impl Cluster {
     /// leader, then each one's last entry (a deleted heartbeat is a node
     /// that stopped).
     async fn live_nodes(&self) -> ApiResult<Vec<String>> {
-        let stream = self
-            .js
-            .get_stream(format!("KV_{NODES_BUCKET}"))
-            .await
-            .map_err(|e| unavailable("list nodes", e))?;
-        let prefix = format!("$KV.{NODES_BUCKET}.");
-        let subjects: Vec<(String, usize)> = stream
-            .info_with_subjects(format!("{prefix}>"))
-            .await
-            .map_err(|e| unavailable("list nodes", e))?
-            .try_collect()
-            .await
-            .map_err(|e| unavailable("list nodes", e))?;
-        let mut live = Vec::with_capacity(subjects.len());
-        for (subject, _) in subjects {
-            let m = match stream.direct_get_last_for_subject(subject.clone()).await {
-                Ok(m) => m,
-                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => continue,
-                Err(e) => return Err(unavailable("list nodes", e)),
-            };
-            let op = m.headers.get("KV-Operation").map(|v| v.as_str().to_owned());
-            if matches!(op.as_deref(), Some("DEL" | "PURGE")) {
-                continue;
-            }
-            if let Some(id) = subject.strip_prefix(&prefix) {
-                live.push(id.to_owned());
-            }
-        }
-        Ok(live)
+        Ok(presence_bus::buckets::kv_entries(&self.js, NODES_BUCKET)
+            .await?
+            .into_iter()
+            .map(|(node, _)| node)
+            .collect())
     }
 
     /// Takes shard `n`'s lease: free, or still naming this node from an
