@@ -6,6 +6,9 @@
 //!   event;
 //! - `mailbox`: putting a state in a stream's mailbox (coalescing) and
 //!   draining it — baseline: inserting into a `Mutex<HashMap>`;
+//! - `delivery`: one state reaching 100 streams, encoded once and shared
+//!   — baseline: a deep clone and an encode per stream (the layout before
+//!   encode-once);
 //! - `codec`: protobuf encode and decode of a `DeviceEvent` and of a full
 //!   `PresenceState` — baseline: copying the encoded bytes;
 //! - `shard_burst`: a shard actor absorbing 10,000 events from one
@@ -21,8 +24,9 @@ use presence_core::presence::{
     CallState, Direction, Event, EventKind, Limits, UserPresence, UserStatus,
 };
 use presence_core::{DomainId, UserId};
+use presence_fanout::edge::{EncodeCounts, Mailbox, Shared};
 use presence_fanout::shard::{self, Clock, RateLimit};
-use presence_fanout::watch::Mailbox;
+use presence_proto::frame::Frame;
 use presence_proto::v1;
 use prost::Message;
 use std::collections::HashMap;
@@ -139,6 +143,11 @@ fn next_version(s: &v1::PresenceState) -> impl FnMut() -> v1::PresenceState + '_
     }
 }
 
+fn shared(st: v1::PresenceState) -> Arc<Shared> {
+    let bytes = bytes::Bytes::from(st.encode_to_vec());
+    Arc::new(Shared::new(st, bytes, &EncodeCounts::default()))
+}
+
 fn mailbox(c: &mut Criterion) {
     let mut g = c.benchmark_group("mailbox");
     g.throughput(Throughput::Elements(1));
@@ -155,31 +164,85 @@ fn mailbox(c: &mut Criterion) {
         )
     });
     g.bench_function("put_coalescing_one_target", |b| {
-        let mb = Mailbox::default();
+        let mb = Mailbox::new(1);
+        let mut next = next_version(&s);
         b.iter_batched(
-            next_version(&s),
-            |st| black_box(mb.put(st)),
+            || shared(next()),
+            |st| black_box(mb.put(0, &st)),
             BatchSize::SmallInput,
         )
     });
     g.bench_function("put_100_targets_then_drain", |b| {
-        let mb = Mailbox::default();
-        let states: Vec<v1::PresenceState> = (0..100)
-            .map(|i| v1::PresenceState {
-                user: format!("u{i}"),
-                ..s.clone()
+        let mb = Mailbox::new(100);
+        let states: Vec<Arc<Shared>> = (0..100)
+            .map(|i| {
+                shared(v1::PresenceState {
+                    user: format!("u{i}"),
+                    ..s.clone()
+                })
             })
             .collect();
-        b.iter_batched(
-            || states.clone(),
-            |batch| {
-                for st in batch {
-                    mb.put(st);
+        let mut out = Vec::with_capacity(100);
+        b.iter(|| {
+            for (i, st) in states.iter().enumerate() {
+                mb.put(i as u32, st);
+            }
+            out.clear();
+            mb.take(&mut out);
+            black_box(out.len())
+        })
+    });
+    g.finish();
+}
+
+/// One state reaching 100 streams, from its arrival at the edge to the
+/// bytes each stream writes to its transport.
+fn delivery(c: &mut Criterion) {
+    let mut g = c.benchmark_group("delivery");
+    const STREAMS: usize = 100;
+    g.throughput(Throughput::Elements(STREAMS as u64));
+    let state = full_state(1);
+    let bytes = bytes::Bytes::from(state.encode_to_vec());
+    // The layout before encode-once: decode, then per stream a deep
+    // clone, redaction and an encode of the event.
+    g.bench_function("baseline_clone_and_encode_per_stream", |b| {
+        let mut buf = Vec::with_capacity(1024);
+        b.iter(|| {
+            let decoded = v1::PresenceState::decode(bytes.clone()).unwrap();
+            for _ in 0..STREAMS {
+                let e = v1::WatchEvent {
+                    event: Some(v1::watch_event::Event::State(decoded.clone())),
+                };
+                buf.clear();
+                e.encode(&mut buf).unwrap();
+                black_box(buf.len());
+            }
+        })
+    });
+    g.bench_function("shared_to_100_mailboxes_and_frames", |b| {
+        let counts = EncodeCounts::default();
+        let boxes: Vec<Mailbox> = (0..STREAMS).map(|_| Mailbox::new(1)).collect();
+        let mut buf = Vec::with_capacity(1024);
+        let mut out = Vec::with_capacity(1);
+        let mut v = 0;
+        b.iter(|| {
+            v += 1;
+            let mut st = v1::PresenceState::decode(bytes.clone()).unwrap();
+            st.version = v;
+            let sh = Arc::new(Shared::new(st, bytes.clone(), &counts));
+            for mb in &boxes {
+                mb.put(0, &sh);
+            }
+            for mb in &boxes {
+                out.clear();
+                mb.take(&mut out);
+                for (_, s) in out.drain(..) {
+                    buf.clear();
+                    Frame::One(s.event(true)).write(&mut buf);
+                    black_box(buf.len());
                 }
-                black_box(mb.take().len())
-            },
-            BatchSize::SmallInput,
-        )
+            }
+        })
     });
     g.finish();
 }
@@ -305,6 +368,6 @@ fn shard_burst(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(30);
-    targets = state_machine, mailbox, codec, shard_burst
+    targets = state_machine, mailbox, delivery, codec, shard_burst
 }
 criterion_main!(benches);

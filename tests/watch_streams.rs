@@ -90,6 +90,7 @@ async fn watch(
             selector,
             known_versions: known,
             heartbeat_seconds: heartbeat,
+            batching: None,
         })
         .await
         .unwrap()
@@ -525,4 +526,96 @@ async fn test_gateway_watches_on_behalf_of_phones() {
             .map(|_| ()),
         Code::PermissionDenied,
     );
+}
+
+/// Reads one message of a batched stream: its events, in order.
+async fn next_batch(s: &mut Streaming<v1::WatchEvent>) -> Vec<E> {
+    match next(s).await {
+        E::Batch(b) => b.events.into_iter().map(|e| e.event.unwrap()).collect(),
+        E::Heartbeat(_) => Vec::new(),
+        other => panic!("a batched stream sent {other:?} outside a batch"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_batched_stream_over_grpc() {
+    let World { sb, mut pbx } = world().await;
+    let mut a = sb.admin.clone();
+    let gw = presence_tests::service_token(&mut a, "gateway", &["acme"], &["presence.watch"]).await;
+    let mut gw = sb.client(Some(&gw)).await;
+    let mut s = gw
+        .presence
+        .watch(v1::WatchRequest {
+            domain: "acme".into(),
+            watcher: "seer".into(),
+            selector: targets(&["a1", "a2"]),
+            batching: Some(v1::WatchBatching {
+                max_events: 2,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // The snapshot in batches of at most two: a1's state, a2 denied, the end.
+    let mut snapshot = Vec::new();
+    while !snapshot.iter().any(|e| matches!(e, E::SnapshotDone(_))) {
+        let batch = next_batch(&mut s).await;
+        assert!(batch.len() <= 2, "{batch:?}");
+        snapshot.extend(batch);
+    }
+    let v0 = match &snapshot[..] {
+        [E::Denied(d), E::State(st), E::SnapshotDone(_)] if d.target == "a2" => st.version,
+        other => panic!("{other:?}"),
+    };
+    // A burst of changes: the stream ends at the last one, versions only
+    // increase, and there is never more than one state of a1 per batch.
+    let events: Vec<v1::DeviceEvent> = (0..50u64)
+        .map(|i| {
+            ev(
+                i + 2,
+                K::DeviceDnd(v1::DeviceDnd {
+                    enabled: i % 2 == 0,
+                }),
+            )
+        })
+        .collect();
+    publish(&mut pbx, events).await;
+    let mut last = v0;
+    while last < v0 + 50 {
+        let states: Vec<u64> = next_batch(&mut s)
+            .await
+            .into_iter()
+            .map(|e| match e {
+                E::State(st) => st.version,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(states.len() <= 1, "one state of a1 per batch: {states:?}");
+        for v in states {
+            assert!(v > last, "{v} after {last}");
+            last = v;
+        }
+    }
+    // Revocation travels in a batch too.
+    a.policy
+        .remove_grant(v1::RemoveGrantRequest {
+            domain: "acme".into(),
+            target: "a1".into(),
+            kind: v1::GrantKind::See as i32,
+            grantee: Some(v1::Grantee {
+                kind: Some(G::User("seer".into())),
+            }),
+        })
+        .await
+        .unwrap();
+    loop {
+        let batch = next_batch(&mut s).await;
+        if let Some(E::Revoked(r)) = batch.first() {
+            assert_eq!(r.target, "a1");
+            break;
+        }
+        assert!(batch.iter().all(|e| matches!(e, E::State(_))), "{batch:?}");
+    }
 }

@@ -44,5 +44,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     builder.compile_fds(fds)?;
+    frame_server();
     Ok(())
+}
+
+/// The server of `presence.v1.PresenceService` whose `Watch` sends
+/// pre-encoded frames (`crate::frame`): same routes, same messages on the
+/// wire, no per-stream encoding. Written to
+/// `OUT_DIR/presence.v1.PresenceService.rs`.
+fn frame_server() {
+    use tonic_prost_build::manual::{Builder, Method, Service};
+    let unary = |name: &str, route: &str, input: &str, output: &str| {
+        Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("crate::v1::{input}"))
+            .output_type(format!("crate::v1::{output}"))
+            .codec_path("crate::codec::CompactCodec")
+            .build()
+    };
+    let service = Service::builder()
+        .name("PresenceService")
+        .package("presence.v1")
+        .method(unary(
+            "publish",
+            "Publish",
+            "PublishRequest",
+            "PublishResponse",
+        ))
+        .method(unary(
+            "get_presence",
+            "GetPresence",
+            "GetPresenceRequest",
+            "GetPresenceResponse",
+        ))
+        .method(
+            Method::builder()
+                .name("watch")
+                .route_name("Watch")
+                .input_type("crate::v1::WatchRequest")
+                .output_type("crate::frame::Frame")
+                .codec_path("crate::frame::FrameCodec")
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    Builder::new()
+        .build_client(false)
+        .build_transport(false)
+        .compile(&[service]);
 }

@@ -131,6 +131,39 @@ struct Args {
     /// Revocation mode: rounds of revoke and grant.
     #[arg(long, default_value_t = 200)]
     rounds: usize,
+    /// Batched watch streams (`WatchRequest.batching`): on by default in
+    /// gateway style, off in phone style.
+    #[arg(long, value_enum, default_value = "auto")]
+    batching: Batching,
+    /// Linger of batched streams in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    batch_linger_ms: u32,
+}
+
+/// Whether watch streams are batched.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+enum Batching {
+    /// On in gateway style, off in phone style.
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl Args {
+    /// The batching the broker phase asks for.
+    fn batching(&self) -> Option<v1::WatchBatching> {
+        let on = match self.batching {
+            Batching::Auto => self.style == Style::Gateway,
+            Batching::On => true,
+            Batching::Off => false,
+        };
+        on.then_some(v1::WatchBatching {
+            linger_ms: self.batch_linger_ms,
+            ..Default::default()
+        })
+    }
 }
 
 /// Latency percentiles in microseconds.
@@ -184,6 +217,8 @@ struct Report {
     targets: usize,
     style: Style,
     connections: usize,
+    /// Whether the broker's streams were batched.
+    batched: bool,
     rate: u64,
     duration_secs: u64,
     baseline: Option<Phase>,
@@ -645,6 +680,7 @@ async fn broker(
             let meter = meter.clone();
             let stop = stop.clone();
             let ready_tx = ready_tx.clone();
+            let batching = a.batching();
             tasks.push(tokio::spawn(async move {
                 let mut h = histogram();
                 let stream = c
@@ -656,6 +692,7 @@ async fn broker(
                             targets,
                         })),
                         heartbeat_seconds: 3600,
+                        batching,
                         ..Default::default()
                     })
                     .await;
@@ -671,14 +708,23 @@ async fn broker(
                     tokio::select! {
                         _ = stop.notified() => break,
                         m = stream.message() => match m {
-                            Ok(Some(m)) => match m.event {
-                                Some(E::SnapshotDone(_)) if !announced => {
-                                    announced = true;
-                                    let _ = ready_tx.send(Ok(())).await;
+                            Ok(Some(m)) => {
+                                let events = match m.event {
+                                    Some(E::Batch(b)) => b.events.into_iter().filter_map(|e| e.event).collect(),
+                                    Some(e) => vec![e],
+                                    None => Vec::new(),
+                                };
+                                for e in events {
+                                    match e {
+                                        E::SnapshotDone(_) if !announced => {
+                                            announced = true;
+                                            let _ = ready_tx.send(Ok(())).await;
+                                        }
+                                        E::State(st) => meter.record(&st.message, &mut h),
+                                        _ => {}
+                                    }
                                 }
-                                Some(E::State(st)) => meter.record(&st.message, &mut h),
-                                _ => {}
-                            },
+                            }
                             Ok(None) => break,
                             Err(e) => {
                                 if !announced {
@@ -755,11 +801,12 @@ async fn broker(
 fn print_table(r: &Report) {
     println!();
     println!(
-        "{} users, {} streams × {} targets, {:?} style, rate {} ev/s, {} s",
+        "{} users, {} streams × {} targets, {:?} style{}, rate {} ev/s, {} s",
         r.users,
         r.streams,
         r.targets,
         r.style,
+        if r.batched { " (batched)" } else { "" },
         if r.rate == 0 {
             "max".to_string()
         } else {
@@ -891,6 +938,7 @@ async fn main() -> anyhow::Result<()> {
         targets: a.targets,
         style: a.style,
         connections: a.connections,
+        batched: a.batching().is_some(),
         rate: a.rate,
         duration_secs: a.duration,
         throughput_ratio: ratio(&|p| p.delivered_per_sec),

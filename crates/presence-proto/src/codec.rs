@@ -18,6 +18,12 @@ const BUFFER: usize = 512;
 /// default).
 const YIELD: usize = 32 * 1024;
 
+/// The buffer settings of every call: small initial buffers, tonic's
+/// yield threshold.
+pub(crate) fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(BUFFER, YIELD)
+}
+
 /// [`ProstCodec`] with small initial buffers.
 #[derive(Debug, Clone, Copy)]
 pub struct CompactCodec<T, U>(PhantomData<(T, U)>);
@@ -39,10 +45,10 @@ where
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER, YIELD))
+        ProstCodec::<T, U>::raw_encoder(buffer_settings())
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER, YIELD))
+        ProstCodec::<T, U>::raw_decoder(buffer_settings())
     }
 }

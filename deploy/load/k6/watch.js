@@ -2,7 +2,9 @@
 // user, with an admin or gateway token holding presence.watch), counts
 // the states it receives and keeps the stream open for HOLD seconds.
 // Drive events meanwhile with presence-loadgen (broker mode) or ghz
-// publish.json.
+// publish.json. Streams are batched, gateway style (BATCH=0 turns it
+// off; LINGER_MS sets the linger): one message carries every pending
+// change of the stream.
 //
 //   presence-loadgen --setup-only --domain loadtest --token-file data/bootstrap-admin.token
 //   k6 run -e TOKEN=$(cat data/bootstrap-admin.token) deploy/load/k6/watch.js
@@ -23,6 +25,8 @@ export const options = {
 
 const domain = __ENV.DOMAIN || 'loadtest';
 const hold = Number(__ENV.HOLD || 30);
+const batched = (__ENV.BATCH || '1') !== '0';
+const lingerMs = Number(__ENV.LINGER_MS || 0);
 
 function user(i) {
   return 'u' + String(i).padStart(6, '0');
@@ -37,13 +41,20 @@ export default function () {
   });
   let gotSnapshot = false;
   let closing = false;
-  stream.on('data', (ev) => {
+  const onEvent = (ev) => {
     if (ev.state) {
       states.add(1);
     }
     if (ev.snapshotDone && !gotSnapshot) {
       gotSnapshot = true;
       snapshotMs.add(Date.now() - started);
+    }
+  };
+  stream.on('data', (ev) => {
+    if (ev.batch) {
+      (ev.batch.events || []).forEach(onEvent);
+    } else {
+      onEvent(ev);
     }
   });
   stream.on('error', (e) => {
@@ -56,6 +67,7 @@ export default function () {
     domain,
     watcher: user(first),
     targets: { targets: Array.from({ length: 10 }, (_, i) => user(first + i)) },
+    batching: batched ? { lingerMs } : undefined,
   });
   stream.end();
   // Keep the stream open: k6 runs the event loop until the timer fires.

@@ -37,7 +37,7 @@
 //!   while a shard has no owner.
 
 use crate::convert::{reject_reason, state_to_proto};
-use crate::service::{applied, check_event, ingest_target, rejected};
+use crate::ingest::{applied, check_event, ingest_target, rejected};
 use crate::shard::{RateLimit, Shard, SnapUser, UserKey, shard_index, sleep_until_opt};
 use bytes::Bytes;
 use futures_util::StreamExt;

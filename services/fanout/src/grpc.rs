@@ -3,7 +3,9 @@
 use crate::service::Fanout;
 use presence_auth::principal_of;
 use presence_directory::grpc::respond;
-use presence_proto::v1::{self, presence_service_server::PresenceService};
+use presence_proto::frame::Frame;
+use presence_proto::presence_server::presence_service_server::PresenceService;
+use presence_proto::v1;
 use std::pin::Pin;
 use tonic::{Request, Response, Status};
 
@@ -11,9 +13,8 @@ use tonic::{Request, Response, Status};
 #[derive(Clone)]
 pub struct FanoutGrpc(pub Fanout);
 
-/// The stream type of `Watch`.
-pub type WatchStream =
-    Pin<Box<dyn futures_util::Stream<Item = Result<v1::WatchEvent, Status>> + Send>>;
+/// The stream type of `Watch`: pre-encoded frames.
+pub type WatchStream = Pin<Box<dyn futures_util::Stream<Item = Result<Frame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PresenceService for FanoutGrpc {
@@ -48,14 +49,11 @@ impl PresenceService for FanoutGrpc {
         request: Request<v1::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let p = principal_of(&request).map_err(|e| respond("watch", e))?;
-        let rx = self
+        let stream = self
             .0
             .watch(&p, request.into_inner())
             .await
             .map_err(|e| respond("watch", e))?;
-        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-            |r| r.map(|b| *b),
-        ))))
+        Ok(Response::new(Box::pin(stream.into_stream())))
     }
 }

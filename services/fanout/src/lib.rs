@@ -1,28 +1,37 @@
 //! The presence service of the presence broker: phones, gateways and the
 //! PBX report device events; shard actors keep each user's state and
-//! publish every change; queries are filtered by the policy.
+//! publish every change; watch streams deliver them, filtered by the
+//! policy.
 //!
-//! Modules:
+//! Modules, in the order a change travels:
+//! - [`ingest`]: validation of device events and their verdicts (used by
+//!   local and clustered shards alike);
 //! - [`convert`]: wire ↔ state-machine conversions, caller-id redaction;
-//! - [`shard`]: shard actors owning per-user state, exact expiry,
-//!   publishing changes on `presence.v1.out.<domain>.<user>`;
-//! - [`service`]: [`Fanout`]: `Publish`, `GetPresence`, NATS ingest;
-//! - [`watch`]: the node's hub, per-stream coalescing mailboxes and the
-//!   stream task (snapshot, updates, denied / revoked / granted,
-//!   heartbeats, resume);
-//! - [`cluster`]: shards owned across nodes (leases, ingest log,
-//!   snapshots);
-//! - [`lease`]: compare-and-set on KV that holds on replicated buckets of
-//!   every server version (the leases' writes);
+//! - [`shard`]: the state of one shard (per-user state, exact expiry,
+//!   publishing changes on `presence.v1.out.<domain>.<user>`) and its
+//!   local actor;
+//! - [`shards`]: where states live — local actors or [`cluster`];
+//! - [`cluster`]: shards owned across nodes (placement and leases, the
+//!   ingest log, snapshots), with [`lease`]: compare-and-set on KV that
+//!   holds on replicated buckets of every server version;
+//! - [`edge`]: per-target subscriptions, states encoded once per
+//!   visibility class, per-stream coalescing mailboxes;
+//! - [`stream`]: one watch stream (snapshot, updates, batches, access
+//!   changes, heartbeats, resume), pulled by its transport;
+//! - [`service`]: [`Fanout`]: `Publish`, `GetPresence`, `Watch`, NATS
+//!   ingest;
 //! - [`grpc`]: the tonic adapter.
 
 pub mod cluster;
 pub mod convert;
+pub mod edge;
 pub mod grpc;
+pub mod ingest;
 pub mod lease;
 pub mod service;
 pub mod shard;
-pub mod watch;
+pub mod shards;
+pub mod stream;
 
 pub use grpc::FanoutGrpc;
 pub use service::{Fanout, FanoutConfig};

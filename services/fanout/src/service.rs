@@ -3,19 +3,20 @@
 
 use crate::cluster::{Cluster, ShardParams};
 use crate::convert::redact;
-use crate::convert::{event_from_proto, reject_label, reject_reason, state_to_proto};
-use crate::shard::{self, Clock, ShardHandle, UserKey};
-use crate::watch::{Hub, StreamSlots, StreamSpec, run_stream};
+use crate::edge::Edge;
+use crate::ingest::{check_event, ingest_target, may_publish, rejected};
+use crate::shard::{self, Clock};
+use crate::shards::Shards;
+use crate::stream::{Batching, StreamSlots, StreamSpec, WatchStream};
 use presence_auth::{Principal, rights};
 use presence_bus::{BusSubscription, SharedBus, subjects};
-use presence_core::presence::{EventKind, Limits};
-use presence_core::{ApiError, ApiResult, DomainId, Mac, UserId};
+use presence_core::presence::Limits;
+use presence_core::{ApiError, ApiResult, DomainId, UserId};
 use presence_policy::{AclView, Question};
 use presence_proto::v1::{self, RejectReason};
 use prost::Message;
 use std::collections::HashMap;
 use std::sync::Arc;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -33,7 +34,7 @@ pub struct FanoutConfig {
     /// State-machine timeouts and bounds.
     pub limits: Limits,
     /// Watch stream limits.
-    pub watch: crate::watch::WatchConfig,
+    pub watch: crate::stream::WatchConfig,
     /// Publish rate allowed per device.
     pub device_rate: shard::RateLimit,
     /// Distributed shard ownership (used by [`Fanout::start_cluster`]).
@@ -48,7 +49,7 @@ impl Default for FanoutConfig {
             max_publish_batch: 1000,
             max_targets: 5000,
             limits: Limits::default(),
-            watch: crate::watch::WatchConfig::default(),
+            watch: crate::stream::WatchConfig::default(),
             device_rate: shard::RateLimit::default(),
             cluster: crate::cluster::ClusterConfig::default(),
         }
@@ -61,157 +62,13 @@ pub struct Fanout {
     inner: Arc<Inner>,
 }
 
-/// Where users' states live.
-enum Shards {
-    /// Every shard is an actor of this process.
-    Local(Vec<ShardHandle>),
-    /// Shards are owned by fanout nodes over NATS JetStream.
-    Cluster(Arc<Cluster>),
-}
-
 struct Inner {
-    shards: Shards,
+    shards: Arc<Shards>,
     acl: AclView,
     cfg: FanoutConfig,
-    hub: Hub,
+    edge: Edge,
     slots: StreamSlots,
     shutdown: CancellationToken,
-    tracker: TaskTracker,
-}
-
-/// Counts and logs a rejected event and returns its result.
-pub(crate) fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::PublishResult {
-    metrics::counter!("presence_fanout_events_rejected_total", "reason" => reject_label(reason))
-        .increment(1);
-    let detail = detail.into();
-    tracing::debug!(reason = reject_label(reason), %detail, "event rejected");
-    v1::PublishResult {
-        accepted: false,
-        reason: reason as i32,
-        detail,
-    }
-}
-
-/// Counts an applied event and returns its verdict.
-pub(crate) fn applied(changed: bool) -> v1::PublishResult {
-    metrics::counter!("presence_fanout_events_applied_total").increment(1);
-    if !changed {
-        metrics::counter!("presence_fanout_events_unchanged_total").increment(1);
-    }
-    v1::PublishResult {
-        accepted: true,
-        reason: RejectReason::Unspecified as i32,
-        detail: String::new(),
-    }
-}
-
-/// Validates an event's shape and that its user exists; a rejection is
-/// counted and returned as the event's verdict.
-pub(crate) async fn check_event(
-    acl: &AclView,
-    d: &DomainId,
-    u: &UserId,
-    e: &v1::DeviceEvent,
-) -> Result<presence_core::presence::Event, v1::PublishResult> {
-    let ev = event_from_proto(e).map_err(|r| rejected(reject_reason(r), "malformed event"))?;
-    if let EventKind::QueueLogin { queue, .. } = &ev.kind
-        && UserId::parse(queue).is_err()
-    {
-        return Err(rejected(RejectReason::Malformed, "invalid queue id"));
-    }
-    match acl.user_exists(d, u).await {
-        Ok(true) => {}
-        Ok(false) => {
-            return Err(rejected(
-                RejectReason::UnknownUser,
-                format!("user {u} not found in domain {d}"),
-            ));
-        }
-        Err(e) => return Err(rejected(RejectReason::Unspecified, e.to_string())),
-    }
-    // A logout only removes what a login added: always taken.
-    if let EventKind::QueueLogin {
-        queue,
-        logged_in: true,
-    } = &ev.kind
-    {
-        check_queue_agent(acl, d, u, queue).await?;
-    }
-    Ok(ev)
-}
-
-/// Refuses a queue login of `u` unless the directory lists `u` as an
-/// agent of queue `queue` of `d` (which also means its scope has the
-/// queue-login capability). An unknown queue, another tenant's queue and
-/// a queue `u` is not an agent of are refused alike.
-async fn check_queue_agent(
-    acl: &AclView,
-    d: &DomainId,
-    u: &UserId,
-    queue: &str,
-) -> Result<(), v1::PublishResult> {
-    let not_agent = || {
-        rejected(
-            RejectReason::NotPermitted,
-            format!("user {u} is not an agent of queue {queue}"),
-        )
-    };
-    let sel = v1::watch_request::Selector::Queue(queue.to_owned());
-    match acl
-        .resolve(d, u, &sel, presence_core::text::MAX_QUEUE_MEMBERS)
-        .await
-    {
-        Ok(agents) if agents.iter().any(|a| a == u.as_str()) => Ok(()),
-        Ok(_) | Err(ApiError::NotFound(_) | ApiError::PermissionDenied(_)) => Err(not_agent()),
-        Err(e) => Err(rejected(RejectReason::Unspecified, e.to_string())),
-    }
-}
-
-/// Parses the user of an ingest subject `presence.v1.in.<domain>.<user>`
-/// and checks that the payload names the same user (or none); fills the
-/// payload's ids.
-pub(crate) fn ingest_target(
-    subject: &str,
-    e: &mut v1::DeviceEvent,
-) -> Result<(DomainId, UserId), v1::PublishResult> {
-    let bad = || rejected(RejectReason::Malformed, format!("bad subject {subject}"));
-    let parts: Vec<&str> = subject.split('.').collect();
-    let (Some(d), Some(u), 5) = (parts.get(3), parts.get(4), parts.len()) else {
-        return Err(bad());
-    };
-    let (Ok(d), Ok(u)) = (DomainId::parse(d), UserId::parse(u)) else {
-        return Err(bad());
-    };
-    if (!e.domain.is_empty() && e.domain != d.as_str())
-        || (!e.user.is_empty() && e.user != u.as_str())
-    {
-        return Err(rejected(
-            RejectReason::Malformed,
-            "payload names another user than its subject",
-        ));
-    }
-    e.domain = d.to_string();
-    e.user = u.to_string();
-    Ok((d, u))
-}
-
-/// Returns whether `p` may publish `e` (already parsed ids).
-fn may_publish(p: &Principal, d: &DomainId, u: &UserId, e: &v1::DeviceEvent) -> bool {
-    use v1::device_event::Kind as K;
-    match p {
-        Principal::Service { .. } => p.has_right(d, rights::PRESENCE_PUBLISH),
-        Principal::Phone { domain, user, mac } => {
-            domain == d && user == u && Mac::parse(&e.device).is_ok_and(|m| m == *mac)
-        }
-        Principal::User { domain, user, .. } => {
-            domain == d
-                && user == u
-                && matches!(
-                    e.kind,
-                    Some(K::ManualStatus(_) | K::UserDnd(_) | K::QueueLogin(_))
-                )
-        }
-    }
 }
 
 impl Fanout {
@@ -289,23 +146,19 @@ impl Fanout {
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
-                shards,
+                shards: Arc::new(shards),
                 acl,
                 cfg,
-                hub: Hub::new(bus, shutdown.clone(), tracker.clone()),
+                edge: Edge::new(bus, shutdown.clone(), tracker.clone()),
                 slots: StreamSlots::default(),
                 shutdown: shutdown.clone(),
-                tracker: tracker.clone(),
             }),
         }
     }
 
     /// Returns the shards this node owns (all of them unless clustered).
     pub fn owned_shards(&self) -> Vec<usize> {
-        match &self.inner.shards {
-            Shards::Local(v) => (0..v.len()).collect(),
-            Shards::Cluster(c) => c.owned_shards(),
-        }
+        self.inner.shards.owned()
     }
 
     /// Returns whether `p`'s binding to domain `d` holds: a service
@@ -353,31 +206,6 @@ impl Fanout {
         check_event(&self.inner.acl, d, u, e).await
     }
 
-    /// Applies validated events and returns their verdicts, in order.
-    async fn apply_all(
-        &self,
-        events: Vec<(UserKey, presence_core::presence::Event, v1::DeviceEvent)>,
-    ) -> Vec<v1::PublishResult> {
-        match &self.inner.shards {
-            Shards::Cluster(c) => {
-                c.submit_and_wait(events.into_iter().map(|(k, _, e)| (k, e)).collect())
-                    .await
-            }
-            Shards::Local(handles) => {
-                let mut out = Vec::with_capacity(events.len());
-                for ((d, u), ev, _) in events {
-                    let h = &handles[shard::shard_index(&d, &u, handles.len())];
-                    out.push(match h.apply((d, u), ev).await {
-                        Ok(Ok(changed)) => applied(changed),
-                        Ok(Err(r)) => rejected(reject_reason(r), format!("{r:?}")),
-                        Err(e) => rejected(RejectReason::Unspecified, e.to_string()),
-                    });
-                }
-                out
-            }
-        }
-    }
-
     /// Ingests a batch of events for the caller; each is accepted or
     /// rejected on its own.
     pub async fn publish(
@@ -422,7 +250,10 @@ impl Fanout {
                 Err(r) => results[i] = Some(r),
             }
         }
-        for (i, r) in slots.into_iter().zip(self.apply_all(valid).await) {
+        for (i, r) in slots
+            .into_iter()
+            .zip(self.inner.shards.apply_all(valid).await)
+        {
             results[i] = Some(r);
         }
         Ok(v1::PublishResponse {
@@ -497,9 +328,9 @@ impl Fanout {
         Ok(v1::GetPresenceResponse { states, denied })
     }
 
-    /// Returns the node's hub (run it with [`Hub::run`]).
-    pub fn hub(&self) -> Hub {
-        self.inner.hub.clone()
+    /// Returns the node's edge (run it with [`Edge::run`]).
+    pub fn edge(&self) -> Edge {
+        self.inner.edge.clone()
     }
 
     /// Returns the full (unredacted) current states of `targets`
@@ -509,22 +340,7 @@ impl Fanout {
         d: &DomainId,
         targets: &[String],
     ) -> ApiResult<Vec<v1::PresenceState>> {
-        match &self.inner.shards {
-            Shards::Cluster(c) => c.states(d, targets).await,
-            Shards::Local(handles) => {
-                let mut out = Vec::with_capacity(targets.len());
-                for t in targets {
-                    let u = UserId::parse(t)?;
-                    let h = &handles[shard::shard_index(d, &u, handles.len())];
-                    let mut a = h.get(vec![(d.clone(), u.clone())]).await?;
-                    let a = a
-                        .pop()
-                        .ok_or_else(|| ApiError::Internal("shard returned nothing".into()))?;
-                    out.push(state_to_proto(d.as_str(), t, &a, true));
-                }
-                Ok(out)
-            }
-        }
+        self.inner.shards.states(d, targets).await
     }
 
     async fn resolve_targets(
@@ -545,12 +361,13 @@ impl Fanout {
 
     /// Opens a watch stream: the watcher is the caller (a service with
     /// `presence.watch` names it), the targets come from the selector.
-    /// Returns the receiving end of the stream's bounded channel.
+    /// The stream registers and sends its snapshot when the transport
+    /// first pulls it.
     pub async fn watch(
         &self,
         p: &Principal,
         req: v1::WatchRequest,
-    ) -> ApiResult<mpsc::Receiver<crate::watch::WatchItem>> {
+    ) -> ApiResult<WatchStream<Arc<Shards>>> {
         let d = DomainId::parse(&req.domain)?;
         self.require_live_domain(p, &d).await?;
         let watcher = match p {
@@ -589,36 +406,33 @@ impl Fanout {
             0 => self.inner.cfg.watch.heartbeat,
             s => std::time::Duration::from_secs(u64::from(s.clamp(1, 3600))),
         };
-        let known: HashMap<String, u64> = req.known_versions.clone().into_iter().collect();
-        let (tx, rx) = mpsc::channel(self.inner.cfg.watch.send_buffer.max(1));
+        let known: HashMap<String, u64> = req.known_versions.into_iter().collect();
         let spec = StreamSpec {
-            domain: d.clone(),
-            watcher: watcher.clone(),
-            targets: targets.into(),
+            domain: d,
+            watcher,
+            targets,
             known,
             heartbeat,
+            batching: req
+                .batching
+                .as_ref()
+                .map(|b| Batching::of(b, &self.inner.cfg.watch)),
         };
-        let span = tracing::info_span!("watch", domain = %d, watcher = %watcher);
-        let task = run_stream(
-            self.clone(),
-            self.inner.acl.clone(),
-            self.inner.hub.clone(),
+        Ok(WatchStream::new(
             spec,
-            tx,
+            self.inner.shards.clone(),
+            self.inner.acl.clone(),
+            self.inner.edge.clone(),
             self.inner.shutdown.clone(),
             slot,
-        );
-        self.inner
-            .tracker
-            .spawn(tracing::Instrument::instrument(task, span));
-        Ok(rx)
+        ))
     }
 
     /// Returns whether shards are owned across nodes (then the JetStream
     /// stream `PRESENCE_INGEST` captures the ingest subjects and
     /// [`Fanout::run_ingest`] is not used).
     pub fn is_clustered(&self) -> bool {
-        matches!(self.inner.shards, Shards::Cluster(_))
+        matches!(*self.inner.shards, Shards::Cluster(_))
     }
 
     /// Subscribes to the ingest subjects (queue group `fanout-ingest`);
@@ -653,7 +467,7 @@ impl Fanout {
                 Ok(ev) => ev,
                 Err(_) => continue,
             };
-            self.apply_all(vec![((d, u), ev, e)]).await;
+            self.inner.shards.apply_all(vec![((d, u), ev, e)]).await;
         }
     }
 }

@@ -266,11 +266,11 @@ impl AclView {
     /// Like [`AclView::check`], but returns the decisions in the order of
     /// `targets` without building reply messages: a batch of hits costs
     /// one cache lookup plus one hash lookup per target.
-    pub async fn decide(
+    pub async fn decide<T: AsRef<str> + Sync>(
         &self,
         d: &DomainId,
         watcher: &UserId,
-        targets: &[String],
+        targets: &[T],
         q: Question,
     ) -> ApiResult<Vec<CachedDecision>> {
         let see = q == Question::See;
@@ -282,7 +282,7 @@ impl AclView {
         for (i, t) in targets.iter().enumerate() {
             let hit = table
                 .as_ref()
-                .and_then(|tb| tb.decisions.get(t.as_str()).copied());
+                .and_then(|tb| tb.decisions.get(t.as_ref()).copied());
             if hit.is_none() {
                 misses.push(i);
             }
@@ -309,11 +309,11 @@ impl AclView {
     /// Evaluates the `misses` (indexes into `targets`), stores them in
     /// `out` and caches them in a new table for the watcher.
     #[allow(clippy::too_many_arguments)]
-    async fn fill(
+    async fn fill<T: AsRef<str> + Sync>(
         &self,
         d: &DomainId,
         watcher: &UserId,
-        targets: &[String],
+        targets: &[T],
         q: Question,
         table: Option<Arc<Table>>,
         misses: &[usize],
@@ -321,7 +321,10 @@ impl AclView {
     ) -> ApiResult<()> {
         metrics::counter!("presence_acl_cache_misses_total").increment(misses.len() as u64);
         let see = q == Question::See;
-        let wanted: Vec<String> = misses.iter().map(|i| targets[*i].clone()).collect();
+        let wanted: Vec<String> = misses
+            .iter()
+            .map(|i| targets[*i].as_ref().to_owned())
+            .collect();
         let (epoch, fresh) = match &self.inner.source {
             Source::Local(store) => evaluate(store, d, watcher, &wanted, q)?,
             Source::Remote { bus, timeout } => {
@@ -341,7 +344,7 @@ impl AclView {
             || misses
                 .iter()
                 .zip(&fresh)
-                .any(|(i, dec)| dec.target != targets[*i])
+                .any(|(i, dec)| dec.target != targets[*i].as_ref())
         {
             return Err(ApiError::Internal(
                 "policy answered for other targets than asked".into(),
@@ -349,7 +352,7 @@ impl AclView {
         }
         for (i, dec) in misses.iter().zip(fresh) {
             let c = CachedDecision::of(&dec);
-            decisions.insert(targets[*i].as_str().into(), c);
+            decisions.insert(targets[*i].as_ref().into(), c);
             out[*i] = Some(c);
         }
         let key = self.fingerprint(d.as_str(), watcher.as_str(), see);

@@ -16,10 +16,10 @@ use presence_directory::{
 };
 use presence_fanout::{Fanout, FanoutConfig, FanoutGrpc};
 use presence_policy::{AclView, Policy, PolicyConfig, PolicyGrpc};
+use presence_proto::presence_server::presence_service_server::PresenceServiceServer;
 use presence_proto::v1::auth_service_server::AuthServiceServer;
 use presence_proto::v1::directory_service_server::DirectoryServiceServer;
 use presence_proto::v1::policy_service_server::PolicyServiceServer;
-use presence_proto::v1::presence_service_server::PresenceServiceServer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -405,10 +405,10 @@ impl Server {
                     &tasks,
                 ),
             };
-            let hub_sub = presence_fanout::watch::Hub::subscribe(&self.bus);
+            let edge_sub = presence_fanout::edge::Edge::subscribe(&self.bus);
             tasks.spawn(tracing::Instrument::instrument(
-                fanout.hub().run(hub_sub, shutdown.clone()),
-                tracing::info_span!("hub"),
+                fanout.edge().run(edge_sub, shutdown.clone()),
+                tracing::info_span!("edge"),
             ));
             // Clustered, the JetStream stream PRESENCE_INGEST captures the
             // ingest subjects instead.
