@@ -384,3 +384,73 @@ async fn test_ingest_from_nats_subjects() {
         s2.version
     );
 }
+
+/// A domain's ingest quota with shards owned over NATS (the shard owner
+/// enforces it on the input log's clock): acme's flood beyond its burst
+/// is refused as rate limited, globex at the same time is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_domain_ingest_quota_in_a_fanout_cluster() {
+    let nats = NatsServer::start();
+    let sb = Sandbox::start_tuned_with(nats.url(), |c| {
+        c.shards = 1;
+        c.domain_events_per_second = 1;
+        c.domain_events_burst = 3;
+    })
+    .await;
+    let (mut pbx, _) = setup(&sb).await;
+    let mut a = sb.admin.clone();
+    domain(&mut a, "globex").await;
+    site(&mut a, "globex", "hq").await;
+    user(
+        &mut a,
+        "globex",
+        "g1",
+        NewUser {
+            site: "hq",
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = |domain: &str, user: &str, seq: u64| v1::DeviceEvent {
+        domain: domain.into(),
+        user: user.into(),
+        device: "pbx".into(),
+        sequence: seq,
+        at_ms: 0,
+        kind: Some(K::ManualStatus(v1::ManualStatus {
+            status: v1::UserStatus::Away as i32,
+            message: format!("m{seq}"),
+        })),
+    };
+    let mut events: Vec<v1::DeviceEvent> = (1..=10).map(|s| status("acme", "recep", s)).collect();
+    events.extend((1..=3).map(|s| status("globex", "g1", s)));
+    let gx =
+        presence_tests::service_token(&mut a, "pbx-gx", &["globex"], &["presence.publish"]).await;
+    let r = pbx
+        .presence
+        .publish(v1::PublishRequest {
+            events: events[..10].to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut gx = sb.client(Some(&gx)).await;
+    let g = gx
+        .presence
+        .publish(v1::PublishRequest {
+            events: events[10..].to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let accepted = r.results.iter().filter(|x| x.accepted).count();
+    // The burst of 3, and at most one more token if a second passed
+    // between the first and the last append to the log.
+    assert!((3..=4).contains(&accepted), "{r:?}");
+    assert!(r.results[..3].iter().all(|x| x.accepted), "{r:?}");
+    for x in r.results.iter().filter(|x| !x.accepted) {
+        assert_eq!(x.reason, v1::RejectReason::RateLimited as i32);
+        assert_eq!(x.detail, "domain acme over its ingest quota");
+    }
+    assert!(g.results.iter().all(|x| x.accepted), "globex: {g:?}");
+}

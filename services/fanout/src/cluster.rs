@@ -38,6 +38,7 @@
 
 use crate::convert::{reject_reason, state_to_proto};
 use crate::ingest::{applied, check_event, ingest_target, rejected};
+use crate::quota::{IngestQuota, over_ingest_quota};
 use crate::shard::{RateLimit, Shard, SnapUser, UserKey, shard_index, sleep_until_opt};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -124,6 +125,8 @@ pub fn valid_node_id(id: &str) -> bool {
 pub(crate) struct ShardParams {
     pub limits: Limits,
     pub rate: RateLimit,
+    /// This shard's share of each domain's ingest quota.
+    pub domain_rate: Option<RateLimit>,
     pub bus: SharedBus,
     pub clock: crate::shard::Clock,
     pub acl: presence_policy::AclView,
@@ -734,6 +737,7 @@ impl Cluster {
         };
         let p = &self.params;
         let mut shard = Shard::new(n, p.limits, p.rate, p.bus.clone(), p.clock);
+        let mut quota = IngestQuota::new(p.domain_rate);
         shard.publishing = false;
         // Every event of this shard up to `covered` is applied.
         let mut covered = snap.seq;
@@ -767,7 +771,7 @@ impl Cluster {
                     Ok(m) => {
                         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(covered + 1);
                         if seq > covered && self.shard_of(&m.subject) == Some(n) {
-                            self.apply_logged(&mut shard, &m, true).await;
+                            self.apply_logged(&mut shard, &mut quota, &m, true).await;
                             replayed += 1;
                         }
                         covered = covered.max(seq);
@@ -828,7 +832,7 @@ impl Cluster {
                     Some(m) => {
                         let seq = m.info().map(|i| i.stream_sequence).unwrap_or(covered + 1);
                         if seq > covered {
-                            self.apply_logged(&mut shard, &m, false).await;
+                            self.apply_logged(&mut shard, &mut quota, &m, false).await;
                             covered = seq;
                             dirty = true;
                         }
@@ -878,7 +882,13 @@ impl Cluster {
     /// Applies one event of the log (validated here: the log holds raw
     /// ingest) with its arrival time in the log as "now", and sends the
     /// verdict where the headers ask.
-    async fn apply_logged(&self, shard: &mut Shard, m: &jetstream::Message, replay: bool) {
+    async fn apply_logged(
+        &self,
+        shard: &mut Shard,
+        quota: &mut IngestQuota,
+        m: &jetstream::Message,
+        replay: bool,
+    ) {
         let now = m
             .info()
             .map(|i| (i.published.unix_timestamp_nanos() / 1_000_000) as i64)
@@ -909,6 +919,11 @@ impl Cluster {
             Err(e) => rejected(RejectReason::Malformed, format!("undecodable payload: {e}")),
             Ok(mut e) => match ingest_target(&m.subject, &mut e) {
                 Err(r) => r,
+                // The domain's quota before any other work, on the log's
+                // clock (a replay admits what the first owner admitted).
+                Ok((d, _)) if !quota.admit(&d, now) => {
+                    rejected(RejectReason::RateLimited, over_ingest_quota(&d))
+                }
                 Ok((d, u)) => match check_event(&self.params.acl, &d, &u, &e).await {
                     Err(r) => r,
                     Ok(ev) => match shard.apply((d, u), &ev, now).await {

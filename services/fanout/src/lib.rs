@@ -6,6 +6,8 @@
 //! Modules, in the order a change travels:
 //! - [`ingest`]: validation of device events and their verdicts (used by
 //!   local and clustered shards alike);
+//! - [`quota`]: per-domain ingest and stream quotas, token buckets,
+//!   stream slots;
 //! - [`convert`]: wire ↔ state-machine conversions, caller-id redaction;
 //! - [`shard`]: the state of one shard (per-user state, exact expiry,
 //!   publishing changes on `presence.v1.out.<domain>.<user>`) and its
@@ -28,6 +30,7 @@ pub mod edge;
 pub mod grpc;
 pub mod ingest;
 pub mod lease;
+pub mod quota;
 pub mod service;
 pub mod shard;
 pub mod shards;

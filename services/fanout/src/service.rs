@@ -5,9 +5,10 @@ use crate::cluster::{Cluster, ShardParams};
 use crate::convert::redact;
 use crate::edge::Edge;
 use crate::ingest::{check_event, ingest_target, may_publish, rejected};
+use crate::quota::{DomainQuota, IngestQuota, StreamSlots, over_ingest_quota};
 use crate::shard::{self, Clock};
 use crate::shards::Shards;
-use crate::stream::{Batching, StreamSlots, StreamSpec, WatchStream};
+use crate::stream::{Batching, StreamSpec, WatchStream};
 use presence_auth::{Principal, rights};
 use presence_bus::{BusSubscription, SharedBus, subjects};
 use presence_core::presence::Limits;
@@ -39,6 +40,8 @@ pub struct FanoutConfig {
     pub device_rate: shard::RateLimit,
     /// Distributed shard ownership (used by [`Fanout::start_cluster`]).
     pub cluster: crate::cluster::ClusterConfig,
+    /// Per-domain ingest and stream quotas (see [`crate::quota`]).
+    pub domain_quota: DomainQuota,
 }
 
 impl Default for FanoutConfig {
@@ -52,6 +55,7 @@ impl Default for FanoutConfig {
             watch: crate::stream::WatchConfig::default(),
             device_rate: shard::RateLimit::default(),
             cluster: crate::cluster::ClusterConfig::default(),
+            domain_quota: DomainQuota::default(),
         }
     }
 }
@@ -68,6 +72,10 @@ struct Inner {
     cfg: FanoutConfig,
     edge: Edge,
     slots: StreamSlots,
+    /// The per-domain ingest quota when every shard is local (clustered
+    /// shard owners enforce their own share).
+    ingest_quota: std::sync::Mutex<IngestQuota>,
+    clock: Clock,
     shutdown: CancellationToken,
 }
 
@@ -113,6 +121,7 @@ impl Fanout {
         let params = ShardParams {
             limits: cfg.limits,
             rate: cfg.device_rate,
+            domain_rate: cfg.domain_quota.per_shard(cfg.shards),
             bus: bus.clone(),
             clock: Clock::new(),
             acl: acl.clone(),
@@ -144,6 +153,11 @@ impl Fanout {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Self {
+        // Clustered shard owners enforce the ingest quota themselves.
+        let cfg_events = match shards {
+            Shards::Local(_) => cfg.domain_quota.events,
+            Shards::Cluster(_) => None,
+        };
         Self {
             inner: Arc::new(Inner {
                 shards: Arc::new(shards),
@@ -151,6 +165,8 @@ impl Fanout {
                 cfg,
                 edge: Edge::new(bus, shutdown.clone(), tracker.clone()),
                 slots: StreamSlots::default(),
+                ingest_quota: std::sync::Mutex::new(IngestQuota::new(cfg_events)),
+                clock: Clock::new(),
                 shutdown: shutdown.clone(),
             }),
         }
@@ -188,6 +204,16 @@ impl Fanout {
             Ok(())
         } else {
             Err(ApiError::domain_not_found(d.as_str()))
+        }
+    }
+
+    /// Takes one event of `d` from the node's ingest quota (always true
+    /// when clustered: shard owners enforce it).
+    fn admit(&self, d: &DomainId) -> bool {
+        let now = self.inner.clock.now_ms();
+        match self.inner.ingest_quota.lock() {
+            Ok(mut q) => q.admit(d, now),
+            Err(e) => e.into_inner().admit(d, now),
         }
     }
 
@@ -240,6 +266,10 @@ impl Fanout {
                     RejectReason::NotPermitted,
                     "not allowed to publish for this user or device",
                 ));
+                continue;
+            }
+            if !self.admit(&d) {
+                results[i] = Some(rejected(RejectReason::RateLimited, over_ingest_quota(&d)));
                 continue;
             }
             match self.validate(&d, &u, &e).await {
@@ -400,6 +430,8 @@ impl Fanout {
         let slot = self.inner.slots.take(
             &p.limit_key(&d),
             self.inner.cfg.watch.max_streams_per_principal,
+            d.as_str(),
+            self.inner.cfg.domain_quota.max_streams,
         )?;
         let targets = self.resolve_targets(&d, &watcher, &req).await?;
         let heartbeat = match req.heartbeat_seconds {
@@ -463,6 +495,10 @@ impl Fanout {
             let Ok((d, u)) = ingest_target(&m.subject, &mut e) else {
                 continue;
             };
+            if !self.admit(&d) {
+                rejected(RejectReason::RateLimited, over_ingest_quota(&d));
+                continue;
+            }
             let ev = match self.validate(&d, &u, &e).await {
                 Ok(ev) => ev,
                 Err(_) => continue,

@@ -5,6 +5,7 @@
 //! it only publishes on the bus.
 
 use crate::convert::state_to_proto;
+use crate::quota::Buckets;
 use presence_bus::{SharedBus, subjects};
 use presence_core::presence::{Aggregate, Event, Limits, Reject, UserPresence};
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
@@ -33,12 +34,6 @@ impl Default for RateLimit {
             burst: 200,
         }
     }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at_ms: i64,
 }
 
 /// Wall-clock milliseconds derived from tokio's clock, so that tests
@@ -135,8 +130,7 @@ pub(crate) struct SnapUser {
 /// distributed mode, by the task of the node owning the shard.
 pub(crate) struct Shard {
     id: usize,
-    rate: RateLimit,
-    buckets: HashMap<(UserKey, String), Bucket>,
+    buckets: Buckets<(UserKey, String)>,
     users: HashMap<UserKey, UserPresence>,
     deadlines: BTreeSet<(i64, UserKey)>,
     deadline_of: HashMap<UserKey, i64>,
@@ -160,8 +154,7 @@ impl Shard {
     ) -> Self {
         Self {
             id,
-            rate,
-            buckets: HashMap::new(),
+            buckets: Buckets::new(rate),
             users: HashMap::new(),
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
@@ -203,23 +196,8 @@ impl Shard {
 
     /// Takes a token from the device's bucket.
     fn admit(&mut self, key: &UserKey, device: &str, now: i64) -> bool {
-        let burst = f64::from(self.rate.burst.max(1));
-        let rate = f64::from(self.rate.per_second) / 1000.0;
-        let b = self
-            .buckets
-            .entry((key.clone(), device.to_owned()))
-            .or_insert(Bucket {
-                tokens: burst,
-                at_ms: now,
-            });
-        b.tokens = (b.tokens + (now - b.at_ms).max(0) as f64 * rate).min(burst);
-        b.at_ms = now;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let k = (key.clone(), device.to_owned());
+        self.buckets.admit(&k, || k.clone(), now)
     }
 
     /// Expires everything due at `now`; returns whether anything changed.

@@ -18,14 +18,15 @@
 
 use crate::convert::redact;
 use crate::edge::{Edge, Mailbox, Registration, Shared};
-use presence_core::{ApiError, ApiResult, DomainId, UserId};
+use crate::quota::Slot;
+use presence_core::{ApiResult, DomainId, UserId};
 use presence_policy::{AclView, Question};
 use presence_proto::frame::{EventBytes, Frame, batch_element_len, batch_len_with};
 use presence_proto::v1;
 use prost::Message;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -101,57 +102,6 @@ impl Batching {
             max_events: pick(req.max_events, DEFAULT_BATCH_EVENTS, cfg.max_batch_events),
             linger: Duration::from_millis(u64::from(req.linger_ms)).min(cfg.max_linger),
         }
-    }
-}
-
-/// Counts open streams per principal; a slot is freed when dropped.
-#[derive(Clone, Default)]
-pub struct StreamSlots {
-    open: Arc<Mutex<HashMap<String, usize>>>,
-}
-
-/// One open stream's slot.
-pub struct Slot {
-    slots: StreamSlots,
-    key: String,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(e) => e.into_inner(),
-    }
-}
-
-impl StreamSlots {
-    /// Takes a slot for `principal`, or ResourceExhausted past `max`.
-    pub fn take(&self, principal: &str, max: usize) -> ApiResult<Slot> {
-        let mut m = lock(&self.open);
-        let n = m.entry(principal.to_owned()).or_insert(0);
-        if *n >= max {
-            return Err(ApiError::ResourceExhausted(format!(
-                "{principal} already has {max} open watch streams"
-            )));
-        }
-        *n += 1;
-        metrics::gauge!("presence_fanout_open_streams").increment(1.0);
-        Ok(Slot {
-            slots: self.clone(),
-            key: principal.to_owned(),
-        })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut m = lock(&self.slots.open);
-        if let Some(n) = m.get_mut(&self.key) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                m.remove(&self.key);
-            }
-        }
-        metrics::gauge!("presence_fanout_open_streams").decrement(1.0);
     }
 }
 

@@ -56,6 +56,12 @@ pub struct Config {
     pub device_rate_per_second: u32,
     /// Burst of events allowed per device.
     pub device_rate_burst: u32,
+    /// Events per second accepted per domain (0: no limit).
+    pub domain_events_per_second: u32,
+    /// Burst of events accepted per domain.
+    pub domain_events_burst: u32,
+    /// Most open watch streams per domain on one node.
+    pub max_streams_per_domain: usize,
     /// Most access decisions cached by the ACL view.
     pub acl_cache_capacity: u64,
     /// This node's id in a fanout cluster (`[A-Za-z0-9_-]`, unique);
@@ -115,6 +121,9 @@ impl Default for Config {
             heartbeat_secs: 30,
             device_rate_per_second: 50,
             device_rate_burst: 200,
+            domain_events_per_second: 20_000,
+            domain_events_burst: 40_000,
+            max_streams_per_domain: 20_000,
             acl_cache_capacity: 1_000_000,
             node_id: String::new(),
             lease_ttl_ms: 10_000,
@@ -153,6 +162,9 @@ pub const ENV_KEYS: &[&str] = &[
     "heartbeat_secs",
     "device_rate_per_second",
     "device_rate_burst",
+    "domain_events_per_second",
+    "domain_events_burst",
+    "max_streams_per_domain",
     "acl_cache_capacity",
     "node_id",
     "lease_ttl_ms",
@@ -280,7 +292,7 @@ impl Config {
                     .into(),
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 19] = [
+        let ranges: [(&str, u64, u64, u64); 22] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -307,6 +319,24 @@ impl Config {
                 u64::from(self.device_rate_burst),
                 1,
                 1_000_000,
+            ),
+            (
+                "domain_events_per_second",
+                u64::from(self.domain_events_per_second),
+                0,
+                100_000_000,
+            ),
+            (
+                "domain_events_burst",
+                u64::from(self.domain_events_burst),
+                1,
+                100_000_000,
+            ),
+            (
+                "max_streams_per_domain",
+                self.max_streams_per_domain as u64,
+                1,
+                100_000_000,
             ),
             ("acl_cache_capacity", self.acl_cache_capacity, 1, 1 << 32),
             ("lease_ttl_ms", self.lease_ttl_ms, 300, 600_000),
@@ -477,6 +507,14 @@ mod tests {
             },
             Config {
                 device_rate_burst: 0,
+                ..Config::default()
+            },
+            Config {
+                domain_events_burst: 0,
+                ..Config::default()
+            },
+            Config {
+                max_streams_per_domain: 0,
                 ..Config::default()
             },
         ];

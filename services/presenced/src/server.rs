@@ -515,6 +515,13 @@ impl Server {
             per_second: c.device_rate_per_second,
             burst: c.device_rate_burst,
         };
+        f.domain_quota = presence_fanout::quota::DomainQuota {
+            events: (c.domain_events_per_second > 0).then_some(presence_fanout::shard::RateLimit {
+                per_second: c.domain_events_per_second,
+                burst: c.domain_events_burst,
+            }),
+            max_streams: c.max_streams_per_domain,
+        };
         f.cluster = presence_fanout::cluster::ClusterConfig {
             node_id: c.node_id.clone(),
             lease_ttl: Duration::from_millis(c.lease_ttl_ms),

@@ -181,6 +181,45 @@ impl World {
         }
     }
 
+    /// Creates domain `id` with site hq and `users`.
+    pub async fn add_domain(&self, id: &str, users: &[&str]) {
+        self.dir
+            .create_domain(
+                &self.admin,
+                v1::CreateDomainRequest {
+                    id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        self.dir
+            .create_site(
+                &self.admin,
+                v1::CreateSiteRequest {
+                    domain: id.into(),
+                    id: "hq".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        for u in users {
+            self.dir
+                .create_user(
+                    &self.admin,
+                    v1::CreateUserRequest {
+                        domain: id.into(),
+                        id: (*u).into(),
+                        site: "hq".into(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    }
+
     /// Sets `target`'s visibility and caller-id visibility.
     pub async fn settings(
         &self,
