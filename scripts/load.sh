@@ -6,6 +6,9 @@
 #
 #   scripts/load.sh --users 1000 --streams 1000 --targets 50 --rate 0 --json load.json
 #
+# The per-domain ingest quota is off unless PRESENCE_DOMAIN_EVENTS_PER_SECOND
+# (and PRESENCE_DOMAIN_EVENTS_BURST) are set, e.g. for --mode fairness.
+#
 # Needs nats-server (scripts/test.sh installs it). Not part of CI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +32,7 @@ PRESENCE_WATCH_MAX_TARGETS=100000 \
 PRESENCE_DEVICE_RATE_PER_SECOND=1000000 \
 PRESENCE_DEVICE_RATE_BURST=1000000 \
 PRESENCE_DOMAIN_EVENTS_PER_SECOND="${PRESENCE_DOMAIN_EVENTS_PER_SECOND:-0}" \
+PRESENCE_DOMAIN_EVENTS_BURST="${PRESENCE_DOMAIN_EVENTS_BURST:-40000}" \
 PRESENCE_MAX_STREAMS_PER_DOMAIN=1000000 \
 PRESENCE_SHARDS="${PRESENCE_SHARDS:-64}" \
 RUST_LOG="${RUST_LOG:-warn}" \

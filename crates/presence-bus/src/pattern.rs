@@ -15,13 +15,19 @@ pub fn valid_pattern(p: &str) -> bool {
     if p.is_empty() {
         return false;
     }
-    let tokens: Vec<&str> = p.split('.').collect();
-    tokens.iter().enumerate().all(|(i, t)| {
-        !t.is_empty()
+    // No allocation: this runs on every publish.
+    let mut tokens = p.split('.').peekable();
+    while let Some(t) = tokens.next() {
+        let last = tokens.peek().is_none();
+        let ok = !t.is_empty()
             && !t.bytes().any(|c| c.is_ascii_whitespace())
-            && (*t != ">" || i == tokens.len() - 1)
-            && (t.len() == 1 || (!t.contains('*') && !t.contains('>')))
-    })
+            && (t != ">" || last)
+            && (t.len() == 1 || (!t.contains('*') && !t.contains('>')));
+        if !ok {
+            return false;
+        }
+    }
+    true
 }
 
 /// Returns whether `subject` matches `pattern` (`*` one token, `>` one or

@@ -23,8 +23,11 @@
 //! writes it for automation. See docs/benchmarks.md.
 //!
 //! `--mode revocation` measures instead how long a grant change through
-//! one node takes to reach a watch stream on another ([`revocation`]).
+//! one node takes to reach a watch stream on another ([`revocation`]);
+//! `--mode fairness` how one tenant's flood affects another's latency
+//! ([`fairness`]).
 
+mod fairness;
 mod revocation;
 
 use anyhow::{Context, bail};
@@ -64,9 +67,12 @@ enum Mode {
     /// Grant changes through `--write-grpc` against a watch on `--grpc`:
     /// revocation latency across nodes.
     Revocation,
+    /// Tenant B at `--rate`, alone and while tenant A floods at
+    /// `--flood-factor` × `--rate`.
+    Fairness,
 }
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "presence-loadgen",
     about = "Load generator of the presence broker"
@@ -138,6 +144,10 @@ struct Args {
     /// Linger of batched streams in milliseconds.
     #[arg(long, default_value_t = 0)]
     batch_linger_ms: u32,
+    /// Fairness mode: the flooding tenant publishes this many times
+    /// `--rate`.
+    #[arg(long, default_value_t = 10)]
+    flood_factor: u32,
 }
 
 /// Whether watch streams are batched.
@@ -639,20 +649,44 @@ async fn gateway_token(
         .token)
 }
 
-async fn broker(
+/// Open watch streams of one domain and their receiving tasks.
+struct Streams {
+    meter: Arc<Meter>,
+    stop: Arc<tokio::sync::Notify>,
+    tasks: Vec<tokio::task::JoinHandle<Histogram<u64>>>,
+    /// (marginal, total) server memory per stream, when measured.
+    per_stream: Option<(f64, f64)>,
+}
+
+impl Streams {
+    /// Stops the receivers and merges their latency histograms.
+    async fn close(self) -> Histogram<u64> {
+        let mut hist = histogram();
+        for t in self.tasks {
+            self.stop.notify_waiters();
+            if let Ok(h) = t.await {
+                let _ = hist.add(&h);
+            }
+        }
+        hist
+    }
+}
+
+/// Opens `--streams` watch streams on `domain` with a gateway token and
+/// waits for every snapshot; reads the server's memory around them.
+async fn open_streams(
     a: &Args,
     admin: &mut PresenceClient,
     domain: &str,
-    watchers_per_user: &[u64],
     base: Instant,
-) -> anyhow::Result<(Phase, Option<(f64, f64)>)> {
+) -> anyhow::Result<Streams> {
     let gateway = gateway_token(admin, domain, "loadgen-gateway").await?;
     let rss_before = match a.server_pid {
         Some(pid) => Some(rss(pid)?),
         None => None,
     };
     eprintln!(
-        "broker: opening {} watch streams ({:?} style)",
+        "broker: opening {} watch streams on {domain} ({:?} style)",
         a.streams, a.style
     );
     let shared =
@@ -763,14 +797,36 @@ async fn broker(
         )),
         _ => None,
     };
-    let before = server_counters(a).await;
-    let publisher = async_nats::connect(&a.nats).await?;
-    meter.since_ns.store(now_ns(base), Ordering::Relaxed);
-    // Sequences above any earlier run on the same domain.
-    let seq_base = std::time::SystemTime::now()
+    Ok(Streams {
+        meter,
+        stop,
+        tasks,
+        per_stream,
+    })
+}
+
+/// Sequence numbers above any earlier run on the same domain.
+fn seq_base() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
-        .unwrap_or(1);
+        .unwrap_or(1)
+}
+
+async fn broker(
+    a: &Args,
+    admin: &mut PresenceClient,
+    domain: &str,
+    watchers_per_user: &[u64],
+    base: Instant,
+) -> anyhow::Result<(Phase, Option<(f64, f64)>)> {
+    let streams = open_streams(a, admin, domain, base).await?;
+    let before = server_counters(a).await;
+    let publisher = async_nats::connect(&a.nats).await?;
+    streams
+        .meter
+        .since_ns
+        .store(now_ns(base), Ordering::Relaxed);
     let pub_result = publish(
         &publisher,
         a,
@@ -778,19 +834,13 @@ async fn broker(
         |u| format!("presence.v1.in.{domain}.{u}"),
         watchers_per_user,
         base,
-        seq_base,
+        seq_base(),
     )
     .await?;
-    drain(&meter, pub_result.1).await;
+    drain(&streams.meter, pub_result.1).await;
     let after = server_counters(a).await;
-    stop.notify_waiters();
-    let mut hist = histogram();
-    for t in tasks {
-        stop.notify_waiters();
-        if let Ok(h) = t.await {
-            let _ = hist.add(&h);
-        }
-    }
+    let (meter, per_stream) = (streams.meter.clone(), streams.per_stream);
+    let hist = streams.close().await;
     let counters = before.zip(after);
     Ok((
         finish("broker", &meter, &hist, pub_result, counters),
@@ -917,7 +967,16 @@ async fn main() -> anyhow::Result<()> {
         println!("{domain}");
         return Ok(());
     }
-    let baseline_phase = if a.mode != Mode::Broker {
+    if a.mode == Mode::Fairness {
+        let r = fairness::run(&a, &mut admin, &domain, &watchers_per_user, base).await?;
+        fairness::print(&r);
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&r)?)
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        return Ok(());
+    }
+    let baseline_phase = if a.mode != Mode::Broker && a.mode != Mode::Fairness {
         Some(baseline(&a, &domain, &watchers_per_user, base).await?)
     } else {
         None

@@ -173,6 +173,7 @@ impl Mailbox {
     pub fn take(&self, out: &mut Vec<(u32, Arc<Shared>)>) {
         let mut p = lock(&self.pending);
         let dirty = std::mem::take(&mut p.dirty);
+        out.reserve(dirty.len());
         for i in dirty {
             if let Some(s) = p.slots.get_mut(i as usize).and_then(Option::take) {
                 out.push((i, s));

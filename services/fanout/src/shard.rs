@@ -130,7 +130,10 @@ pub(crate) struct SnapUser {
 /// distributed mode, by the task of the node owning the shard.
 pub(crate) struct Shard {
     id: usize,
-    buckets: Buckets<(UserKey, String)>,
+    rate: RateLimit,
+    /// Per user, per device: keyed in two levels so that a known device
+    /// costs no allocation.
+    buckets: HashMap<UserKey, Buckets<String>>,
     users: HashMap<UserKey, UserPresence>,
     deadlines: BTreeSet<(i64, UserKey)>,
     deadline_of: HashMap<UserKey, i64>,
@@ -154,7 +157,8 @@ impl Shard {
     ) -> Self {
         Self {
             id,
-            buckets: Buckets::new(rate),
+            rate,
+            buckets: HashMap::new(),
             users: HashMap::new(),
             deadlines: BTreeSet::new(),
             deadline_of: HashMap::new(),
@@ -196,8 +200,15 @@ impl Shard {
 
     /// Takes a token from the device's bucket.
     fn admit(&mut self, key: &UserKey, device: &str, now: i64) -> bool {
-        let k = (key.clone(), device.to_owned());
-        self.buckets.admit(&k, || k.clone(), now)
+        let rate = self.rate;
+        let b = match self.buckets.get_mut(key) {
+            Some(b) => b,
+            None => self
+                .buckets
+                .entry(key.clone())
+                .or_insert_with(|| Buckets::new(rate)),
+        };
+        b.admit(device, || device.to_owned(), now)
     }
 
     /// Expires everything due at `now`; returns whether anything changed.

@@ -445,7 +445,8 @@ impl<S: StateSource> WatchStream<S> {
     fn drain(&mut self) {
         let mut taken: Vec<(u32, Arc<Shared>)> = Vec::new();
         self.mailbox.take(&mut taken);
-        let now = presence_auth::token::now_ms();
+        let mut delivered = 0;
+        let mut oldest = i64::MAX;
         for (i, s) in taken {
             let Some(e) = self.table.get_mut(i as usize) else {
                 continue;
@@ -454,13 +455,18 @@ impl<S: StateSource> WatchStream<S> {
                 continue;
             }
             e.last_sent = s.version();
-            self.delivered.increment(1);
-            // From the state's change at its owner to its hand-off to
-            // this stream's transport.
-            let lag_ms = now.saturating_sub(s.updated_at_ms()).max(0);
-            self.delivery_lag.record(lag_ms as f64 / 1e3);
+            delivered += 1;
+            oldest = oldest.min(s.updated_at_ms());
             self.outbox
                 .push_back((i, s.event(e.access == Access::Full)));
+        }
+        if delivered > 0 {
+            self.delivered.increment(delivered);
+            // From the oldest state's change at its owner to its hand-off
+            // to this stream's transport: one sample per hand-off, not per
+            // state (recording is not free on this path).
+            let lag_ms = presence_auth::token::now_ms().saturating_sub(oldest).max(0);
+            self.delivery_lag.record(lag_ms as f64 / 1e3);
         }
     }
 
