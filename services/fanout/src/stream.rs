@@ -13,7 +13,7 @@
 //! [`StateSource`] (current states, for the snapshot, grants and
 //! resynchronizations).
 //!
-//! Per target a stream keeps one [`Entry`] (last version sent, what the
+//! Per target a stream keeps one entry (last version sent, what the
 //! watcher may see) in a table by position; names live at the edge.
 
 use crate::convert::redact;
