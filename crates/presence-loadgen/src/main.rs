@@ -25,10 +25,12 @@
 //! `--mode revocation` measures instead how long a grant change through
 //! one node takes to reach a watch stream on another ([`revocation`]);
 //! `--mode fairness` how one tenant's flood affects another's latency
-//! ([`fairness`]).
+//! ([`fairness`]); `--mode sweep` the scale curve over stream counts and
+//! targets per stream, with an SVG plot ([`sweep`]).
 
 mod fairness;
 mod revocation;
+mod sweep;
 
 use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
@@ -70,6 +72,9 @@ enum Mode {
     /// Tenant B at `--rate`, alone and while tenant A floods at
     /// `--flood-factor` × `--rate`.
     Fairness,
+    /// Baseline and broker at every point of `--sweep-streams` ×
+    /// `--sweep-targets`: the scale curve.
+    Sweep,
 }
 
 #[derive(Parser, Debug, Clone)]
@@ -148,6 +153,19 @@ struct Args {
     /// `--rate`.
     #[arg(long, default_value_t = 10)]
     flood_factor: u32,
+    /// Sweep mode: stream counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100,300,1000,3000,10000")]
+    sweep_streams: Vec<usize>,
+    /// Sweep mode: targets per stream, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "5,20")]
+    sweep_targets: Vec<usize>,
+    /// Sweep mode: write the curves here as an SVG image.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Sweep mode: draw `--plot` from these earlier `--json` results
+    /// (comma-separated; their points are joined) instead of measuring.
+    #[arg(long, value_delimiter = ',')]
+    replot: Vec<PathBuf>,
 }
 
 /// Whether watch streams are batched.
@@ -177,7 +195,7 @@ impl Args {
 }
 
 /// Latency percentiles in microseconds.
-#[derive(Debug, Serialize, Default, Clone)]
+#[derive(Debug, Serialize, serde::Deserialize, Default, Clone)]
 struct Latency {
     p50_us: u64,
     p99_us: u64,
@@ -200,7 +218,7 @@ impl Latency {
 }
 
 /// The result of one phase.
-#[derive(Debug, Serialize, Default, Clone)]
+#[derive(Debug, Serialize, serde::Deserialize, Default, Clone)]
 struct Phase {
     name: String,
     published: u64,
@@ -921,6 +939,24 @@ fn print_table(r: &Report) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    if !a.replot.is_empty() {
+        let mut points: Vec<sweep::Point> = Vec::new();
+        for from in &a.replot {
+            let bytes = std::fs::read(from).with_context(|| format!("read {}", from.display()))?;
+            points.extend(serde_json::from_slice::<Vec<sweep::Point>>(&bytes)?);
+        }
+        points.sort_by_key(|p| (p.targets, p.streams));
+        sweep::print(&points, a.rate);
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&points)?)
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        if let Some(path) = &a.plot {
+            std::fs::write(path, sweep::svg(&points, a.rate))
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        return Ok(());
+    }
     if a.users == 0 || a.streams == 0 || a.targets == 0 || a.duration == 0 {
         bail!("users, streams, targets and duration must be positive");
     }
@@ -965,6 +1001,20 @@ async fn main() -> anyhow::Result<()> {
     }
     if a.setup_only {
         println!("{domain}");
+        return Ok(());
+    }
+    if a.mode == Mode::Sweep {
+        let points = sweep::run(&a, &mut admin, &domain, base).await?;
+        sweep::print(&points, a.rate);
+        if let Some(path) = &a.json {
+            std::fs::write(path, serde_json::to_vec_pretty(&points)?)
+                .with_context(|| format!("write {}", path.display()))?;
+        }
+        if let Some(path) = &a.plot {
+            std::fs::write(path, sweep::svg(&points, a.rate))
+                .with_context(|| format!("write {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
         return Ok(());
     }
     if a.mode == Mode::Fairness {
