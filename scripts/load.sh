@@ -36,7 +36,7 @@ PRESENCE_DOMAIN_EVENTS_BURST="${PRESENCE_DOMAIN_EVENTS_BURST:-40000}" \
 PRESENCE_MAX_STREAMS_PER_DOMAIN=1000000 \
 PRESENCE_SHARDS="${PRESENCE_SHARDS:-64}" \
 RUST_LOG="${RUST_LOG:-warn}" \
-    target/release/presenced --data-dir "$work/data" --listen 127.0.0.1:0 \
+    ${PRESENCE_WRAP:-} target/release/presenced --data-dir "$work/data" --listen 127.0.0.1:0 \
     --metrics-listen "127.0.0.1:$((nats_port + 1))" --nats-url "nats://127.0.0.1:$nats_port" \
     --ready-file "$work/ready" >"$work/presenced.log" 2>&1 &
 presenced_pid=$!

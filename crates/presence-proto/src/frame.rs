@@ -200,9 +200,18 @@ impl Encoder for FrameEncoder {
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        crate::codec::buffer_settings()
+        // tonic keeps a stream's encode buffer for the stream's life at
+        // the largest size it ever grew to: yielding to the transport
+        // after every kilobyte keeps it near the largest single message
+        // instead of everything that was ready at once (a whole
+        // snapshot).
+        BufferSettings::new(512, FRAME_YIELD)
     }
 }
+
+/// Bytes of frames encoded before a `Watch` stream yields them to the
+/// transport.
+const FRAME_YIELD: usize = 1024;
 
 /// The decoder of [`FrameCodec`] (the request).
 pub struct RequestDecoder(ProstDecoder<v1::WatchRequest>);

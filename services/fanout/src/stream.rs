@@ -75,6 +75,10 @@ impl Default for WatchConfig {
 const DEFAULT_BATCH_BYTES: usize = 64 * 1024;
 /// Events per batch when the client leaves it to the server.
 const DEFAULT_BATCH_EVENTS: usize = 1000;
+/// Largest batch of a snapshot: the transport keeps a stream's encode
+/// buffer at the largest message it ever sent, and an idle stream should
+/// not pay for the size of its snapshot forever.
+const SNAPSHOT_BATCH_BYTES: usize = 1024;
 
 /// How a batched stream groups its changes.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -194,6 +198,9 @@ pub struct WatchStream<S> {
     /// they carry ([`NO_TARGET`] otherwise). Filled only when empty, so
     /// it holds at most one state per target.
     outbox: VecDeque<(u32, EventBytes)>,
+    /// Events of the snapshot still in the outbox (sent in small
+    /// batches).
+    snapshot_left: usize,
     changes: tokio::sync::watch::Receiver<u64>,
     resyncs: tokio::sync::watch::Receiver<u64>,
     /// The domain's policy epoch read before the current decisions were
@@ -263,6 +270,7 @@ impl<S: StateSource> WatchStream<S> {
             heartbeat_every: spec.heartbeat,
             batching: spec.batching,
             outbox: VecDeque::new(),
+            snapshot_left: 0,
             seen_epoch: None,
             shutdown,
             _slot: slot,
@@ -404,6 +412,7 @@ impl<S: StateSource> WatchStream<S> {
         drop(targets);
         self.outbox
             .push_back((NO_TARGET, EventBytes::snapshot_done()));
+        self.snapshot_left = self.outbox.len();
         let mut heartbeat = tokio::time::interval(self.heartbeat_every);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         heartbeat.reset();
@@ -421,23 +430,39 @@ impl<S: StateSource> WatchStream<S> {
     /// Takes the next message from the outbox: one event, or as many as
     /// fit in a batch.
     fn pop_frame(&mut self) -> Option<Frame> {
-        let Some(b) = self.batching else {
-            return self.outbox.pop_front().map(|(_, e)| Frame::One(e));
+        let frame = match self.batching {
+            None => self.outbox.pop_front().map(|(_, e)| Frame::One(e)),
+            Some(b) => {
+                let max_bytes = if self.snapshot_left > 0 {
+                    b.max_bytes.min(SNAPSHOT_BATCH_BYTES)
+                } else {
+                    b.max_bytes
+                };
+                let mut events = Vec::new();
+                let mut body = 0;
+                while let Some((_, e)) = self.outbox.front() {
+                    if !events.is_empty()
+                        && (events.len() >= b.max_events || batch_len_with(body, e) > max_bytes)
+                    {
+                        break;
+                    }
+                    body += batch_element_len(e);
+                    if let Some((_, e)) = self.outbox.pop_front() {
+                        events.push(e);
+                    }
+                }
+                self.snapshot_left = self.snapshot_left.saturating_sub(events.len());
+                (!events.is_empty()).then_some(Frame::Batch(events))
+            }
         };
-        let mut events = Vec::new();
-        let mut body = 0;
-        while let Some((_, e)) = self.outbox.front() {
-            if !events.is_empty()
-                && (events.len() >= b.max_events || batch_len_with(body, e) > b.max_bytes)
-            {
-                break;
-            }
-            body += batch_element_len(e);
-            if let Some((_, e)) = self.outbox.pop_front() {
-                events.push(e);
-            }
+        if frame.is_some() && self.batching.is_none() {
+            self.snapshot_left = self.snapshot_left.saturating_sub(1);
         }
-        (!events.is_empty()).then_some(Frame::Batch(events))
+        // An idle stream keeps no outbox capacity from its last burst.
+        if self.outbox.is_empty() && self.outbox.capacity() > 8 {
+            self.outbox = VecDeque::new();
+        }
+        frame
     }
 
     /// Moves the mailbox's states the watcher may see and does not have
