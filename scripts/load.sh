@@ -6,6 +6,8 @@
 #
 #   scripts/load.sh --users 1000 --streams 1000 --targets 50 --rate 0 --json load.json
 #
+# PRESENCE_WRAP runs presenced under a wrapper, e.g.
+# PRESENCE_WRAP="heaptrack -o /tmp/presenced" for a heap profile.
 # The per-domain ingest quota is off unless PRESENCE_DOMAIN_EVENTS_PER_SECOND
 # (and PRESENCE_DOMAIN_EVENTS_BURST) are set, e.g. for --mode fairness.
 #
@@ -15,6 +17,8 @@ cd "$(dirname "$0")/.."
 cargo build --release --locked -p presence-presenced -p presence-loadgen
 work=$(mktemp -d)
 cleanup() {
+    # A PRESENCE_WRAP wrapper (heaptrack) runs presenced as its child.
+    pkill -TERM -P "${presenced_pid:-0}" 2>/dev/null || true
     kill "${presenced_pid:-}" "${nats_pid:-}" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"

@@ -72,8 +72,9 @@ struct Inner {
     cfg: FanoutConfig,
     edge: Edge,
     slots: StreamSlots,
-    /// The per-domain ingest quota when every shard is local (clustered
-    /// shard owners enforce their own share).
+    /// The node's per-domain ingest quota (gRPC Publish and, with local
+    /// shards, NATS ingest); clustered shard owners enforce their own
+    /// share of it too.
     ingest_quota: std::sync::Mutex<IngestQuota>,
     clock: Clock,
     shutdown: CancellationToken,
@@ -153,11 +154,10 @@ impl Fanout {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> Self {
-        // Clustered shard owners enforce the ingest quota themselves.
-        let cfg_events = match shards {
-            Shards::Local(_) => cfg.domain_quota.events,
-            Shards::Cluster(_) => None,
-        };
+        // The node's own bucket: the whole quota with local shards; with
+        // clustered shards an early cut for gRPC Publish before anything
+        // reaches the input log (the owners enforce their shares again).
+        let cfg_events = cfg.domain_quota.events;
         Self {
             inner: Arc::new(Inner {
                 shards: Arc::new(shards),
@@ -207,8 +207,7 @@ impl Fanout {
         }
     }
 
-    /// Takes one event of `d` from the node's ingest quota (always true
-    /// when clustered: shard owners enforce it).
+    /// Takes one event of `d` from the node's ingest quota.
     fn admit(&self, d: &DomainId) -> bool {
         let now = self.inner.clock.now_ms();
         match self.inner.ingest_quota.lock() {
