@@ -266,6 +266,19 @@ struct Report {
     memory_per_stream_total_bytes: Option<f64>,
 }
 
+/// Writes `value` as JSON to `path`, if one was given.
+pub(crate) fn write_json(
+    path: Option<&std::path::Path>,
+    value: &impl Serialize,
+) -> anyhow::Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(value)?)
+            .with_context(|| format!("write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Nanoseconds since the run started (one clock for publishers and
 /// receivers, in one process).
 fn now_ns(base: Instant) -> u64 {
@@ -946,16 +959,7 @@ async fn main() -> anyhow::Result<()> {
             points.extend(serde_json::from_slice::<Vec<sweep::Point>>(&bytes)?);
         }
         points.sort_by_key(|p| (p.targets, p.streams));
-        sweep::print(&points, a.rate);
-        if let Some(path) = &a.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&points)?)
-                .with_context(|| format!("write {}", path.display()))?;
-        }
-        if let Some(path) = &a.plot {
-            std::fs::write(path, sweep::svg(&points, a.rate))
-                .with_context(|| format!("write {}", path.display()))?;
-        }
-        return Ok(());
+        return sweep::report(&points, a.rate, a.json.as_deref(), a.plot.as_deref());
     }
     if a.users == 0 || a.streams == 0 || a.targets == 0 || a.duration == 0 {
         bail!("users, streams, targets and duration must be positive");
@@ -988,10 +992,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
         revocation::print(&r);
-        if let Some(path) = &a.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&r)?)
-                .with_context(|| format!("write {}", path.display()))?;
-        }
+        write_json(a.json.as_deref(), &r)?;
         return Ok(());
     }
     let base = Instant::now();
@@ -1005,25 +1006,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if a.mode == Mode::Sweep {
         let points = sweep::run(&a, &mut admin, &domain, base).await?;
-        sweep::print(&points, a.rate);
-        if let Some(path) = &a.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&points)?)
-                .with_context(|| format!("write {}", path.display()))?;
-        }
-        if let Some(path) = &a.plot {
-            std::fs::write(path, sweep::svg(&points, a.rate))
-                .with_context(|| format!("write {}", path.display()))?;
-            eprintln!("wrote {}", path.display());
-        }
-        return Ok(());
+        return sweep::report(&points, a.rate, a.json.as_deref(), a.plot.as_deref());
     }
     if a.mode == Mode::Fairness {
         let r = fairness::run(&a, &mut admin, &domain, &watchers_per_user, base).await?;
         fairness::print(&r);
-        if let Some(path) = &a.json {
-            std::fs::write(path, serde_json::to_vec_pretty(&r)?)
-                .with_context(|| format!("write {}", path.display()))?;
-        }
+        write_json(a.json.as_deref(), &r)?;
         return Ok(());
     }
     let baseline_phase = if a.mode != Mode::Broker && a.mode != Mode::Fairness {
@@ -1059,10 +1047,6 @@ async fn main() -> anyhow::Result<()> {
         memory_per_stream_total_bytes: per_stream.map(|m| m.1),
     };
     print_table(&report);
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
-            .with_context(|| format!("write {}", path.display()))?;
-        eprintln!("wrote {}", path.display());
-    }
+    write_json(a.json.as_deref(), &report)?;
     Ok(())
 }

@@ -65,6 +65,23 @@ pub async fn run(
     Ok(out)
 }
 
+/// Prints the curve, writes it as JSON and draws it, where asked.
+pub fn report(
+    points: &[Point],
+    rate: u64,
+    json: Option<&std::path::Path>,
+    plot: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    print(points, rate);
+    crate::write_json(json, &points)?;
+    if let Some(path) = plot {
+        std::fs::write(path, svg(points, rate))
+            .map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
 /// Prints the curve as a table.
 pub fn print(points: &[Point], rate: u64) {
     println!();

@@ -5,7 +5,11 @@
 //! on drop. [`NatsCluster`] starts three of them routed into one
 //! JetStream cluster, for replicated streams and buckets (R3). The binary is taken from `NATS_SERVER_BIN` or `PATH`
 //! (Debian's `nats-server` package; the README's test command installs
-//! it).
+//! it). [`Rng`] is the seeded generator of the property tests.
+
+pub mod rng;
+
+pub use rng::Rng;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -16,23 +16,9 @@ mod common;
 use common::{Pulled, World, event, next_events, next_message, user};
 use presence_fanout::FanoutConfig;
 use presence_proto::v1::{self, device_event::Kind as K, watch_event::Event as E};
+use presence_testkit::Rng;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
 
 const TARGETS: &[&str] = &["t0", "t1", "t2", "t3", "t4"];
 
@@ -169,7 +155,7 @@ fn random_event(rng: &mut Rng, target: &str, d: &mut Device) -> v1::DeviceEvent 
 }
 
 async fn run_seed(seed: u64, steps: usize) {
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     let mut users = TARGETS.to_vec();
     users.push("w");
     let world = World::start(FanoutConfig::default(), &users).await;

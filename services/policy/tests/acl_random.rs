@@ -14,27 +14,10 @@ use presence_directory::{Directory, DirectoryConfig, Store};
 use presence_policy::service::evaluate;
 use presence_policy::{AclView, Policy, PolicyConfig, Question, records};
 use presence_proto::v1::{self, grantee::Kind as G};
+use presence_testkit::Rng;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
-        &xs[self.below(xs.len())]
-    }
-}
 
 const USERS: &[&str] = &["u0", "u1", "u2", "u3", "u4", "u5", "u6", "u7"];
 const SITES: &[&str] = &["hq", "branch", ""];
@@ -371,7 +354,7 @@ async fn run_seed(seed: u64, steps: usize) {
         .await
         .unwrap();
     }
-    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut rng = Rng::new(seed);
     for u in USERS {
         let (scope, site) = (*rng.pick(SCOPES), *rng.pick(SITES));
         create_user(&dir, u, scope, site).await;
