@@ -454,3 +454,131 @@ async fn test_domain_ingest_quota_in_a_fanout_cluster() {
     }
     assert!(g.results.iter().all(|x| x.accepted), "globex: {g:?}");
 }
+
+/// Admission in front of the input log: over NATS, the node owning a
+/// user's shard refuses a domain's flood beyond its quota (and malformed
+/// or oversized events) before anything is stored. A publisher that asks
+/// gets JetStream's acknowledgment shape or the refusal, and the log
+/// holds exactly the admitted events, batched into entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_nats_flood_is_refused_before_the_input_log() {
+    let nats = NatsServer::start();
+    let sb = Sandbox::start_tuned_with(nats.url(), |c| {
+        c.shards = 1;
+        c.domain_events_per_second = 1;
+        c.domain_events_burst = 3;
+    })
+    .await;
+    let _ = setup(&sb).await;
+    let mut a = sb.admin.clone();
+    domain(&mut a, "globex").await;
+    site(&mut a, "globex", "hq").await;
+    user(
+        &mut a,
+        "globex",
+        "g1",
+        NewUser {
+            site: "hq",
+            ..Default::default()
+        },
+    )
+    .await;
+    let status = |domain: &str, user: &str, seq: u64| v1::DeviceEvent {
+        domain: domain.into(),
+        user: user.into(),
+        device: "pbx".into(),
+        sequence: seq,
+        at_ms: 0,
+        kind: Some(K::ManualStatus(v1::ManualStatus {
+            status: v1::UserStatus::Away as i32,
+            message: format!("m{seq}"),
+        })),
+    };
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    let ask = |subject: &'static str, payload: Vec<u8>| {
+        let nc = nc.clone();
+        async move {
+            let r = nc.request(subject, payload.into()).await.unwrap();
+            serde_json::from_slice::<serde_json::Value>(&r.payload).unwrap()
+        }
+    };
+    let mut acme_ok = 0u64;
+    for seq in 1..=10 {
+        let v = ask(
+            "presence.v1.in.acme.recep",
+            status("acme", "recep", seq).encode_to_vec(),
+        )
+        .await;
+        if v["stream"] == "PRESENCE_INGEST" {
+            assert!(v["seq"].as_u64().unwrap() > 0, "{v}");
+            // Admitted ones come first: the burst, then the refill.
+            assert_eq!(acme_ok, seq - 1, "{v}");
+            acme_ok += 1;
+        } else {
+            assert_eq!(v["error"]["code"], 429, "{v}");
+            assert_eq!(
+                v["error"]["description"], "domain acme over its ingest quota",
+                "{v}"
+            );
+        }
+    }
+    // The burst of 3, and one more token if a second passed.
+    assert!((3..=4).contains(&acme_ok), "{acme_ok}");
+    for seq in 1..=3 {
+        let v = ask(
+            "presence.v1.in.globex.g1",
+            status("globex", "g1", seq).encode_to_vec(),
+        )
+        .await;
+        assert_eq!(v["stream"], "PRESENCE_INGEST", "globex is not limited: {v}");
+    }
+    let v = ask(
+        "presence.v1.in.acme",
+        status("acme", "recep", 99).encode_to_vec(),
+    )
+    .await;
+    assert_eq!(v["error"]["code"], 400, "{v}");
+    let v = ask("presence.v1.in.acme.recep", vec![0u8; 20_000]).await;
+    assert_eq!(v["error"]["code"], 400, "{v}");
+    assert!(
+        v["error"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("at most 16384"),
+        "{v}"
+    );
+
+    // The log holds the admitted events and nothing else.
+    let js = async_nats::jetstream::new(nc.clone());
+    let mut stream = js.get_stream("PRESENCE_INGEST").await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    assert_eq!(
+        info.config.subjects,
+        vec!["presence.v1.admitted".to_string()]
+    );
+    let mut logged: Vec<(String, u64)> = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let m = stream.get_raw_message(seq).await.unwrap();
+        assert_eq!(m.subject.as_str(), "presence.v1.admitted");
+        for item in v1::IngestBatch::decode(m.payload).unwrap().items {
+            let e = v1::DeviceEvent::decode(item.event.as_slice()).unwrap();
+            assert!(item.reply.is_empty() && !item.takeover, "{item:?}");
+            logged.push((item.domain, e.sequence));
+        }
+    }
+    let mut want: Vec<(String, u64)> = (1..=acme_ok).map(|s| ("acme".into(), s)).collect();
+    want.extend((1..=3).map(|s| ("globex".to_string(), s)));
+    assert_eq!(logged, want);
+
+    // And the owner applied them: recep's status is its last admitted one.
+    let mut recep = sb.login("acme", "recep", PW).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = state_of(&mut recep, "recep").await.unwrap();
+        if st.message == format!("m{acme_ok}") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{st:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -19,6 +19,13 @@ pub fn ingest_all() -> String {
     format!("{PREFIX}.in.>")
 }
 
+/// The input log of distributed fanout (the JetStream stream
+/// `PRESENCE_INGEST`): batches of admitted events, appended by fanout
+/// nodes only: `presence.v1.admitted`.
+pub fn admitted() -> String {
+    format!("{PREFIX}.admitted")
+}
+
 /// Aggregated presence of one user: `presence.v1.out.<domain>.<user>`.
 pub fn presence_out(domain: &DomainId, user: &UserId) -> String {
     presence_out_str(domain.as_str(), user.as_str())
@@ -118,6 +125,7 @@ mod tests {
             policy_resolve(&d),
             policy_domain(&d),
             directory_log(),
+            admitted(),
         ] {
             assert!(valid_subject(&s), "{s}");
         }
@@ -129,6 +137,8 @@ mod tests {
         assert!(matches(&acl_all(), &acl(&d)));
         assert!(!matches(&directory_all(), &acl(&d)));
         assert!(!matches(&directory_all(), &directory_log()));
+        // The input log must not capture what tenants publish.
+        assert!(!matches(&ingest_all(), &admitted()));
         assert!(matches(&policy_check_all(), &policy_resolve(&d)));
         assert!(matches(&policy_check_all(), &policy_domain(&d)));
         assert_eq!(directory(&d), "presence.v1.dir.acme");

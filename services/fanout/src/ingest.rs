@@ -98,21 +98,29 @@ async fn check_queue_agent(
     }
 }
 
-/// Parses the user of an ingest subject `presence.v1.in.<domain>.<user>`
-/// and checks that the payload names the same user (or none); fills the
-/// payload's ids.
-pub(crate) fn ingest_target(
-    subject: &str,
+/// Parses the user of an ingest subject `presence.v1.in.<domain>.<user>`.
+pub(crate) fn ingest_subject(subject: &str) -> Option<(DomainId, UserId)> {
+    let mut parts = subject.split('.');
+    let (Some("presence"), Some("v1"), Some("in"), Some(d), Some(u), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
+        return None;
+    };
+    Some((DomainId::parse(d).ok()?, UserId::parse(u).ok()?))
+}
+
+/// Checks that an event's payload names user `u` of `d` (or no one) and
+/// fills its ids.
+pub(crate) fn same_user(
+    d: &DomainId,
+    u: &UserId,
     e: &mut v1::DeviceEvent,
-) -> Result<(DomainId, UserId), v1::PublishResult> {
-    let bad = || rejected(RejectReason::Malformed, format!("bad subject {subject}"));
-    let parts: Vec<&str> = subject.split('.').collect();
-    let (Some(d), Some(u), 5) = (parts.get(3), parts.get(4), parts.len()) else {
-        return Err(bad());
-    };
-    let (Ok(d), Ok(u)) = (DomainId::parse(d), UserId::parse(u)) else {
-        return Err(bad());
-    };
+) -> Result<(), v1::PublishResult> {
     if (!e.domain.is_empty() && e.domain != d.as_str())
         || (!e.user.is_empty() && e.user != u.as_str())
     {
@@ -123,6 +131,22 @@ pub(crate) fn ingest_target(
     }
     e.domain = d.to_string();
     e.user = u.to_string();
+    Ok(())
+}
+
+/// Parses the user of an ingest subject and checks that the payload
+/// names the same user (or none); fills the payload's ids.
+pub(crate) fn ingest_target(
+    subject: &str,
+    e: &mut v1::DeviceEvent,
+) -> Result<(DomainId, UserId), v1::PublishResult> {
+    let Some((d, u)) = ingest_subject(subject) else {
+        return Err(rejected(
+            RejectReason::Malformed,
+            format!("bad subject {subject}"),
+        ));
+    };
+    same_user(&d, &u, e)?;
     Ok((d, u))
 }
 

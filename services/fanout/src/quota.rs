@@ -10,12 +10,14 @@
 //!   answered `REJECT_REASON_RATE_LIMITED` ("domain … over its ingest
 //!   quota"). Each node has one bucket per domain on the wall clock for
 //!   the events it receives (gRPC `Publish`, and NATS ingest when every
-//!   shard is in this process). With shards owned across nodes, events
-//!   published on NATS go straight into the input log, so each shard
-//!   owner also has one bucket per domain with `1/shards` of the rate, on
-//!   the log's clock (the time each event reached the input log), so a
-//!   new owner replaying the log admits what the old one admitted; a gRPC
-//!   `Publish` is thus cut at its entry node before it reaches the log.
+//!   shard is in this process). With shards owned across nodes, the
+//!   owner of a shard admits the NATS-published events of its users with
+//!   one bucket per domain of `1/shards` of the rate before they reach
+//!   the input log (`cluster::admission`), and applies the same share to
+//!   gRPC-published events on the log's clock (the time each event
+//!   reached the input log), so a new owner replaying the log admits
+//!   what the old one admitted; a gRPC `Publish` is first cut at its
+//!   entry node before it reaches the log.
 //! - **Streams per domain**: at most `max_streams_per_domain` open watch
 //!   streams per domain on a node (`RESOURCE_EXHAUSTED`), on top of the
 //!   limit per principal.

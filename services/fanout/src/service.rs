@@ -459,24 +459,35 @@ impl Fanout {
         ))
     }
 
-    /// Returns whether shards are owned across nodes (then the JetStream
-    /// stream `PRESENCE_INGEST` captures the ingest subjects and
-    /// [`Fanout::run_ingest`] is not used).
+    /// Returns whether shards are owned across nodes (then
+    /// [`Fanout::run_ingest`] admits events into the input log).
     pub fn is_clustered(&self) -> bool {
         matches!(*self.inner.shards, Shards::Cluster(_))
     }
 
-    /// Subscribes to the ingest subjects (queue group `fanout-ingest`);
-    /// pass the result to [`Fanout::run_ingest`] (single-node mode).
-    pub async fn subscribe_ingest(bus: &SharedBus) -> ApiResult<BusSubscription> {
-        Ok(bus
-            .queue_subscribe(subjects::ingest_all(), "fanout-ingest".into())
-            .await?)
+    /// Subscribes to the ingest subjects; pass the result to
+    /// [`Fanout::run_ingest`]. With local shards in the queue group
+    /// `fanout-ingest`; clustered, every node receives every event (the
+    /// owner of its shard admits it, the others keep it for a takeover).
+    pub async fn subscribe_ingest(&self, bus: &SharedBus) -> ApiResult<BusSubscription> {
+        Ok(if self.is_clustered() {
+            bus.subscribe(subjects::ingest_all()).await?
+        } else {
+            bus.queue_subscribe(subjects::ingest_all(), "fanout-ingest".into())
+                .await?
+        })
     }
 
-    /// Applies device events from the bus until `shutdown`. The subject
-    /// names the user; a payload naming another user is rejected.
+    /// Takes device events from the bus until `shutdown`. The subject
+    /// names the user; a payload naming another user is rejected. With
+    /// local shards each event is applied here; clustered, events are
+    /// admitted (the node's quota) and appended to the input log in
+    /// batches, for the shards' owners to apply.
     pub async fn run_ingest(self, mut sub: BusSubscription, shutdown: CancellationToken) {
+        if let Shards::Cluster(c) = &*self.inner.shards {
+            let c = c.clone();
+            return c.run_admission(sub, shutdown).await;
+        }
         loop {
             let Some(m) = presence_bus::next_or_shutdown(&mut sub, &shutdown).await else {
                 return;

@@ -74,6 +74,11 @@ pub struct Config {
     pub snapshot_interval_ms: u64,
     /// How long validated events stay in the shard input log, seconds.
     pub shard_log_max_age_secs: u64,
+    /// In a fanout cluster, how many events of shards this node does not
+    /// own it keeps (for at most twice the lease TTL) so that a node
+    /// taking a shard over loses none that arrived meanwhile; 0 keeps
+    /// none.
+    pub ingest_standby_events: usize,
     /// A directory snapshot is published (and the directory log
     /// compacted behind the older retained one) once the log has grown by
     /// this many entries; 0: this node never publishes one.
@@ -129,6 +134,7 @@ impl Default for Config {
             lease_ttl_ms: 10_000,
             snapshot_interval_ms: 1_000,
             shard_log_max_age_secs: 3600,
+            ingest_standby_events: 100_000,
             directory_snapshot_every: 10_000,
             directory_snapshot_interval_ms: 60_000,
             jetstream_replicas: 1,
@@ -170,6 +176,7 @@ pub const ENV_KEYS: &[&str] = &[
     "lease_ttl_ms",
     "snapshot_interval_ms",
     "shard_log_max_age_secs",
+    "ingest_standby_events",
     "directory_snapshot_every",
     "directory_snapshot_interval_ms",
     "jetstream_replicas",
@@ -292,7 +299,7 @@ impl Config {
                     .into(),
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 22] = [
+        let ranges: [(&str, u64, u64, u64); 23] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -351,6 +358,12 @@ impl Config {
                 self.shard_log_max_age_secs,
                 60,
                 30 * 86_400,
+            ),
+            (
+                "ingest_standby_events",
+                self.ingest_standby_events as u64,
+                0,
+                10_000_000,
             ),
             (
                 "directory_snapshot_every",

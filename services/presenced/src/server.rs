@@ -410,17 +410,15 @@ impl Server {
                 fanout.edge().run(edge_sub, shutdown.clone()),
                 tracing::info_span!("edge"),
             ));
-            // Clustered, the JetStream stream PRESENCE_INGEST captures the
-            // ingest subjects instead.
-            if !fanout.is_clustered() {
-                let ingest = Fanout::subscribe_ingest(&self.bus)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
-                tasks.spawn(tracing::Instrument::instrument(
-                    fanout.clone().run_ingest(ingest, shutdown.clone()),
-                    tracing::info_span!("ingest"),
-                ));
-            }
+            // Clustered, ingest admits events into the input log.
+            let ingest = fanout
+                .subscribe_ingest(&self.bus)
+                .await
+                .map_err(|e| anyhow::anyhow!("ingest: {e}"))?;
+            tasks.spawn(tracing::Instrument::instrument(
+                fanout.clone().run_ingest(ingest, shutdown.clone()),
+                tracing::info_span!("ingest"),
+            ));
             Some(fanout)
         } else {
             None
@@ -529,6 +527,7 @@ impl Server {
             input_max_age: Duration::from_secs(c.shard_log_max_age_secs),
             replicas: c.jetstream_replicas,
             request_timeout: Duration::from_secs(5),
+            standby_events: c.ingest_standby_events,
         };
         f
     }

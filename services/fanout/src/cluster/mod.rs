@@ -15,13 +15,16 @@
 //!   revision it holds (fails if anyone else wrote). A node that cannot
 //!   renew stops the shard at once, before its lease can expire and be
 //!   taken. The revision of the `create` is the owner's **term**.
-//! - **Input log**: the JetStream stream `PRESENCE_INGEST` captures the
-//!   ingest subjects `presence.v1.in.<domain>.<user>` on the server, in
-//!   the order they arrive (gRPC `Publish` appends there too, with reply
-//!   headers). Each node reads it once and hands every event to the task
-//!   of the shard it belongs to, if it owns that shard. Events wait in the
-//!   stream while a shard changes owner, so none is lost, and one user's
-//!   events keep their order whatever node they entered through.
+//! - **Admission**: tenants publish on `presence.v1.in.<domain>.<user>`;
+//!   the nodes consume it in a queue group, refuse what is malformed or
+//!   over its domain's quota, and append the rest in batches (see
+//!   `admission`), so a flood never reaches JetStream.
+//! - **Input log**: the JetStream stream `PRESENCE_INGEST`
+//!   (`presence.v1.admitted`) holds the admitted batches in order (a gRPC
+//!   `Publish` appends its events as one batch too, with where to send
+//!   the verdicts). Each node reads it once and hands every event to the
+//!   task of the shard it belongs to, if it owns that shard. Events wait
+//!   in the stream while a shard changes owner, so none is lost.
 //! - **Snapshots**: the owner writes its users' full state and the last
 //!   log sequence it has covered to key `s<n>` of the KV bucket
 //!   `presence_shard_states` (every snapshot interval when something
@@ -38,12 +41,14 @@
 //!
 //! This module runs the node's control loop (membership heartbeat,
 //! placement decisions every step); the rest is split by concern:
-//! `placement` (rendezvous hashing, leases, terms), `log` (the input
-//! log's reader and the application of a logged event), `owner` (an
+//! `admission` (the ingest subjects into the input log), `placement`
+//! (rendezvous hashing, leases, terms), `log` (the input log's reader
+//! and the application of a logged event), `owner` (an
 //! owned shard's task: restore, replay, live loop), `snapshot` (shard
 //! snapshots) and `routing` (appends with verdicts and reads, from any
 //! node to the owners).
 
+mod admission;
 mod log;
 mod owner;
 mod placement;
@@ -77,7 +82,7 @@ pub const LEASES_BUCKET: &str = "presence_shard_leases";
 pub const STATES_BUCKET: &str = "presence_shard_states";
 /// JetStream stream capturing the ingest subjects.
 pub const INGEST_STREAM: &str = "PRESENCE_INGEST";
-/// Events queued per owned shard before the node's reader waits.
+/// Log entries queued per owned shard before the node's reader waits.
 const SHARD_INBOX: usize = 4096;
 
 /// Settings of distributed shard ownership.
@@ -98,6 +103,9 @@ pub struct ClusterConfig {
     pub replicas: usize,
     /// How long an entry node waits for an owner's verdict or a read.
     pub request_timeout: Duration,
+    /// Most events of shards this node does not own kept for a takeover
+    /// (see `admission`); 0 keeps none.
+    pub standby_events: usize,
 }
 
 impl Default for ClusterConfig {
@@ -109,6 +117,7 @@ impl Default for ClusterConfig {
             input_max_age: Duration::from_secs(3600),
             replicas: 1,
             request_timeout: Duration::from_secs(5),
+            standby_events: 100_000,
         }
     }
 }
@@ -147,7 +156,7 @@ struct Owned {
     /// Cancelled by the task when it has ended.
     stopped: CancellationToken,
     /// Where the node's log reader hands this shard's events.
-    inbox: mpsc::Sender<jetstream::Message>,
+    inbox: mpsc::Sender<log::Entry>,
 }
 
 /// Shard ownership and routing of one fanout node.
@@ -168,6 +177,17 @@ pub struct Cluster {
     owned: Mutex<HashMap<usize, Owned>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<v1::PublishResult>>>,
     next_token: AtomicU64,
+    /// Distinguishes this process's log appends from an earlier run's
+    /// (in their `Nats-Msg-Id`).
+    boot: u64,
+    /// Log appends made, for their `Nats-Msg-Id`.
+    appends: AtomicU64,
+    /// Tells the admission task which shards to admit.
+    admission: mpsc::Sender<admission::Control>,
+    /// The admission task's end of it, until the task starts.
+    admission_control: Mutex<Option<mpsc::Receiver<admission::Control>>>,
+    /// Whether the admission task runs (a release waits for it).
+    admission_running: AtomicBool,
     results: String,
     tracker: TaskTracker,
 }
@@ -214,17 +234,32 @@ impl Cluster {
                 let nodes = bucket(&js, NODES_BUCKET, cfg.lease_ttl, replicas).await?;
                 bucket(&js, LEASES_BUCKET, cfg.lease_ttl, replicas).await?;
                 let states = bucket(&js, STATES_BUCKET, Duration::ZERO, replicas).await?;
-                let ingest = js
-                    .get_or_create_stream(stream::Config {
-                        name: INGEST_STREAM.into(),
-                        subjects: vec![subjects::ingest_all()],
-                        max_age: cfg.input_max_age,
-                        storage: stream::StorageType::File,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
+                let config = stream::Config {
+                    name: INGEST_STREAM.into(),
+                    subjects: vec![subjects::admitted()],
+                    max_age: cfg.input_max_age,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    ..Default::default()
+                };
+                let mut ingest = js
+                    .get_or_create_stream(config.clone())
                     .await
                     .map_err(|e| unavailable("stream PRESENCE_INGEST", e))?;
+                // A log created before admission captured the ingest
+                // subjects themselves: it now holds admitted batches only
+                // (its older entries are still read).
+                if ingest.cached_info().config.subjects != config.subjects {
+                    let mut updated = ingest.cached_info().config.clone();
+                    updated.subjects = config.subjects.clone();
+                    js.update_stream(updated)
+                        .await
+                        .map_err(|e| unavailable("update stream PRESENCE_INGEST", e))?;
+                    ingest = js
+                        .get_stream(INGEST_STREAM)
+                        .await
+                        .map_err(|e| unavailable("stream PRESENCE_INGEST", e))?;
+                }
                 Ok((nodes, states, ingest))
             })
             .await?;
@@ -234,6 +269,7 @@ impl Cluster {
             .subscribe(results.clone())
             .await
             .map_err(|e| unavailable("subscribe to verdicts", e))?;
+        let (admission, admission_control) = admission::control_channel(shards);
         let cluster = Arc::new(Self {
             client,
             js,
@@ -248,6 +284,14 @@ impl Cluster {
             owned: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             next_token: AtomicU64::new(1),
+            boot: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default(),
+            appends: AtomicU64::new(0),
+            admission,
+            admission_control: Mutex::new(Some(admission_control)),
+            admission_running: AtomicBool::new(false),
             results,
             tracker: tracker.clone(),
         });

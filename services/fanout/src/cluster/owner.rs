@@ -14,10 +14,11 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::log::Entry;
 use super::placement::{lease_key, term_floor};
 use super::snapshot::{Snapshot, encode_snapshot, write_snapshot};
 use super::*;
-use async_nats::jetstream::{self, kv};
+use async_nats::jetstream::kv;
 use presence_bus::log_reader::LogReader;
 
 impl Cluster {
@@ -28,7 +29,7 @@ impl Cluster {
         &self,
         n: usize,
         term: u64,
-        mut inbox: mpsc::Receiver<jetstream::Message>,
+        mut inbox: mpsc::Receiver<Entry>,
         cancel: CancellationToken,
         graceful: Arc<AtomicBool>,
     ) -> ApiResult<()> {
@@ -81,10 +82,13 @@ impl Cluster {
                 };
                 match m {
                     Ok(m) => {
-                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(covered + 1);
-                        if seq > covered && self.shard_of(&m.subject) == Some(n) {
-                            self.apply_logged(&mut shard, &mut quota, &m, true).await;
-                            replayed += 1;
+                        let Some(entry) = self.entry_for(&m, n, shard.clock.now_ms()) else {
+                            continue;
+                        };
+                        let seq = entry.seq;
+                        if seq > covered {
+                            replayed += entry.events.len() as u64;
+                            self.apply_entry(&mut shard, &mut quota, entry, true).await;
                         }
                         covered = covered.max(seq);
                     }
@@ -141,10 +145,10 @@ impl Cluster {
                     snap_rev = r?;
                 }
                 m = inbox.recv() => match m {
-                    Some(m) => {
-                        let seq = m.info().map(|i| i.stream_sequence).unwrap_or(covered + 1);
+                    Some(entry) => {
+                        let seq = entry.seq;
                         if seq > covered {
-                            self.apply_logged(&mut shard, &mut quota, &m, false).await;
+                            self.apply_entry(&mut shard, &mut quota, entry, false).await;
                             covered = seq;
                             dirty = true;
                         }
@@ -182,11 +186,7 @@ impl Cluster {
     /// was handed out and applied), else the last applied one. A quiet
     /// shard's snapshot thus keeps up with the log, and a takeover
     /// replays little.
-    pub(super) fn watermark(
-        &self,
-        covered: u64,
-        inbox: &mpsc::Receiver<jetstream::Message>,
-    ) -> u64 {
+    pub(super) fn watermark(&self, covered: u64, inbox: &mpsc::Receiver<Entry>) -> u64 {
         let position = self.position.load(Ordering::Acquire);
         if inbox.is_empty() {
             covered.max(position)

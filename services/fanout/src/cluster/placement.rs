@@ -87,6 +87,12 @@ impl Cluster {
     /// Stops shard `n`'s task (with a final snapshot if `graceful`) and
     /// forgets it, without touching the lease.
     pub(super) async fn stop(&self, n: usize, graceful: bool) -> Option<u64> {
+        if !lock(&self.owned).contains_key(&n) {
+            return None;
+        }
+        // What this node admitted for the shard is stored before anyone
+        // else may take it.
+        self.stop_admitting(n).await;
         let o = lock(&self.owned).remove(&n)?;
         o.graceful.store(graceful, Ordering::SeqCst);
         o.cancel.cancel();
@@ -128,6 +134,7 @@ impl Cluster {
                 inbox,
             },
         );
+        self.admit_shard(n);
         tracing::info!(shard = n, term, "shard acquired");
         metrics::counter!("presence_fanout_shard_takeovers_total").increment(1);
         let me = self.clone();

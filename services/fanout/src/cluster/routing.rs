@@ -1,6 +1,6 @@
 //! Requests from any node to shard owners: gRPC `Publish` appends its
-//! events to the input log with reply headers and waits for the owners'
-//! verdicts; reads ask the owner on `presence.v1.shard.<n>.get` (retried
+//! events to the input log as one entry, each with where to send its
+//! verdict, and waits for the owners' verdicts; reads ask the owner on `presence.v1.shard.<n>.get` (retried
 //! while a shard has no owner), and the owner answers them.
 
 use crate::convert::state_to_proto;
@@ -19,11 +19,6 @@ use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::*;
-
-/// Header naming where the owner sends its verdict.
-pub(super) const REPLY_HEADER: &str = "Presence-Reply";
-/// Header carrying the token of a verdict.
-pub(super) const TOKEN_HEADER: &str = "Presence-Token";
 
 impl Cluster {
     pub(super) async fn route_verdicts(
@@ -47,34 +42,32 @@ impl Cluster {
         }
     }
 
-    /// Appends validated events to their shards' logs and waits for the
-    /// owners' verdicts (pipelined: all are appended before any verdict
-    /// is awaited).
+    /// Appends validated events to the input log as one entry and waits
+    /// for the owners' verdicts.
     pub(crate) async fn submit_and_wait(
         &self,
         events: Vec<(UserKey, v1::DeviceEvent)>,
     ) -> Vec<v1::PublishResult> {
         let mut waits = Vec::with_capacity(events.len());
+        let mut batch = v1::IngestBatch::default();
         for ((d, u), e) in events {
             let token = self.next_token.fetch_add(1, Ordering::Relaxed);
             let (tx, rx) = oneshot::channel();
             lock(&self.pending).insert(token, tx);
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert(REPLY_HEADER, self.results.as_str());
-            headers.insert(TOKEN_HEADER, token.to_string().as_str());
-            let ack = self
-                .js
-                .publish_with_headers(subjects::ingest(&d, &u), headers, e.encode_to_vec().into())
-                .await;
-            waits.push((token, ack, rx));
+            batch.items.push(v1::IngestItem {
+                domain: d.to_string(),
+                user: u.to_string(),
+                event: e.encode_to_vec(),
+                reply: self.results.clone(),
+                token,
+                takeover: false,
+            });
+            waits.push((token, rx));
         }
+        let stored = self.append(&batch).await;
         let mut out = Vec::with_capacity(waits.len());
-        for (token, ack, rx) in waits {
-            let stored = match ack {
-                Ok(f) => f.await.map(|_| ()).map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            let result = match stored {
+        for (token, rx) in waits {
+            let result = match &stored {
                 Err(e) => {
                     lock(&self.pending).remove(&token);
                     rejected(
@@ -82,7 +75,7 @@ impl Cluster {
                         format!("not stored in the ingest log: {e}"),
                     )
                 }
-                Ok(()) => match tokio::time::timeout(self.cfg.request_timeout, rx).await {
+                Ok(_) => match tokio::time::timeout(self.cfg.request_timeout, rx).await {
                     Ok(Ok(r)) => r,
                     _ => {
                         lock(&self.pending).remove(&token);
