@@ -84,6 +84,14 @@ pub trait Bus: Send + Sync + 'static {
     /// Subscribes to every subject matching `pattern`.
     fn subscribe(&self, pattern: String) -> BusFuture<'_, BusSubscription>;
 
+    /// Subscribes to `pattern` where lost messages need no
+    /// resynchronization (device event ingest): on NATS through a
+    /// connection of its own, so that a flood overflowing it neither
+    /// delays the other subscriptions nor changes [`Bus::reconnects`].
+    fn subscribe_ingest(&self, pattern: String) -> BusFuture<'_, BusSubscription> {
+        self.subscribe(pattern)
+    }
+
     /// Subscribes as a member of queue group `group`: each message goes
     /// to one member of the group.
     fn queue_subscribe(&self, pattern: String, group: String) -> BusFuture<'_, BusSubscription>;

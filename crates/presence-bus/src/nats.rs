@@ -10,11 +10,14 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use std::time::Duration;
 
-/// A bus backed by a NATS connection.
+/// A bus backed by a NATS connection (and a second one, opened on first
+/// use, for [`Bus::subscribe_ingest`]).
 #[derive(Clone)]
 pub struct NatsBus {
     client: async_nats::Client,
     reconnects: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    cfg: NatsConfig,
+    ingest: std::sync::Arc<tokio::sync::OnceCell<async_nats::Client>>,
 }
 
 /// Connection settings of the NATS bus.
@@ -35,6 +38,66 @@ impl NatsBus {
     pub async fn connect(cfg: &NatsConfig) -> Result<Self, BusError> {
         let reconnects = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
         let events = reconnects.clone();
+        let client = connect_with(cfg, &cfg.connection_name, move |ev| {
+            let events = events.clone();
+            async move {
+                tracing::info!(event = %ev, "nats connection event");
+                if matches!(
+                    ev,
+                    async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
+                ) {
+                    events.send_modify(|n| *n += 1);
+                }
+            }
+        })
+        .await?;
+        Ok(Self {
+            client,
+            reconnects,
+            cfg: cfg.clone(),
+            ingest: Default::default(),
+        })
+    }
+
+    /// Returns the underlying client (for JetStream use by services).
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The connection of ingest subscriptions: its slow consumers are
+    /// counted (`presence_bus_ingest_dropped_total`), not signalled as a
+    /// need to resynchronize, and logged at debug level only (a flood
+    /// drops one message at a time).
+    async fn ingest_client(&self) -> Result<&async_nats::Client, BusError> {
+        let name = format!("{}-ingest", self.cfg.connection_name);
+        self.ingest
+            .get_or_try_init(|| {
+                connect_with(&self.cfg, &name, |ev| async move {
+                    match ev {
+                        async_nats::Event::SlowConsumer(_) => {
+                            metrics::counter!("presence_bus_ingest_dropped_total").increment(1);
+                            tracing::debug!(event = %ev, "ingest connection event");
+                        }
+                        ev => tracing::info!(event = %ev, "ingest connection event"),
+                    }
+                })
+            })
+            .await
+    }
+}
+
+/// Connects to `cfg`'s servers as `name`, with `events` as the event
+/// callback.
+async fn connect_with<F, Fut>(
+    cfg: &NatsConfig,
+    name: &str,
+    events: F,
+) -> Result<async_nats::Client, BusError>
+where
+    F: Fn(async_nats::Event) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + Sync + 'static,
+{
+    {
         // async-nats does not read credentials from the URL itself:
         // `nats://user:password@host` and `nats://token@host` are applied
         // here.
@@ -51,31 +114,13 @@ impl NatsBus {
                 _ => {}
             }
         }
-        let client = opts
-            .name(&cfg.connection_name)
+        opts.name(name)
             .subscription_capacity(cfg.subscription_capacity.max(1))
             .connection_timeout(cfg.connect_timeout)
-            .event_callback(move |ev| {
-                let events = events.clone();
-                async move {
-                    tracing::info!(event = %ev, "nats connection event");
-                    if matches!(
-                        ev,
-                        async_nats::Event::Connected | async_nats::Event::SlowConsumer(_)
-                    ) {
-                        events.send_modify(|n| *n += 1);
-                    }
-                }
-            })
+            .event_callback(events)
             .connect(servers)
             .await
-            .map_err(|e| BusError::Unavailable(format!("connect to {}: {e}", cfg.url)))?;
-        Ok(Self { client, reconnects })
-    }
-
-    /// Returns the underlying client (for JetStream use by services).
-    pub fn client(&self) -> &async_nats::Client {
-        &self.client
+            .map_err(|e| BusError::Unavailable(format!("connect to {}: {e}", cfg.url)))
     }
 }
 
@@ -131,6 +176,23 @@ impl Bus for NatsBus {
             let sub = self
                 .client
                 .subscribe(subject(pattern)?)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            Ok(map_sub(sub))
+        })
+    }
+
+    fn subscribe_ingest(&self, pattern: String) -> BusFuture<'_, BusSubscription> {
+        Box::pin(async move {
+            let client = self.ingest_client().await?;
+            let sub = client
+                .subscribe(subject(pattern)?)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))?;
+            // The subscription is on the server once the connection has
+            // flushed it (as for the main connection's subscribe).
+            client
+                .flush()
                 .await
                 .map_err(|e| BusError::Unavailable(e.to_string()))?;
             Ok(map_sub(sub))

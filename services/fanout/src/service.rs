@@ -471,7 +471,7 @@ impl Fanout {
     /// owner of its shard admits it, the others keep it for a takeover).
     pub async fn subscribe_ingest(&self, bus: &SharedBus) -> ApiResult<BusSubscription> {
         Ok(if self.is_clustered() {
-            bus.subscribe(subjects::ingest_all()).await?
+            bus.subscribe_ingest(subjects::ingest_all()).await?
         } else {
             bus.queue_subscribe(subjects::ingest_all(), "fanout-ingest".into())
                 .await?
