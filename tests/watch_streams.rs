@@ -619,3 +619,111 @@ async fn test_batched_stream_over_grpc() {
         assert!(batch.iter().all(|e| matches!(e, E::State(_))), "{batch:?}");
     }
 }
+
+/// `WatchMany` over gRPC with the generated client: a gateway's watchers
+/// on one stream get their snapshots and a change, a watcher the caller
+/// may not act for ends alone with PERMISSION_DENIED, and an anonymous
+/// caller is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_watch_many_over_grpc() {
+    let World { sb, mut pbx } = world().await;
+    let mut a = sb.admin.clone();
+    let token =
+        presence_tests::service_token(&mut a, "gateway", &["acme"], &["presence.watch"]).await;
+    let mut gw = sb.client(Some(&token)).await;
+    let add = |key: u32, watcher: &str| v1::WatchManyAdd {
+        key,
+        watch: Some(v1::WatchRequest {
+            domain: "acme".into(),
+            watcher: watcher.into(),
+            selector: targets(&["a1"]),
+            ..Default::default()
+        }),
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(v1::WatchManyRequest {
+        add: vec![add(1, "seer"), add(2, "slowpoke")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut s = gw
+        .presence
+        .watch_many(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut done: HashMap<u32, u64> = HashMap::new();
+    let read_until = async |s: &mut Streaming<v1::WatchManyEvent>,
+                            done: &mut HashMap<u32, u64>,
+                            enough: &dyn Fn(&HashMap<u32, u64>) -> bool| {
+        while !enough(done) {
+            let m = tokio::time::timeout(Duration::from_secs(10), s.message())
+                .await
+                .expect("no WatchMany message within 10 s")
+                .unwrap()
+                .expect("stream ended");
+            for k in m.events {
+                if let Some(v1::keyed_event::Body::Event(e)) = k.body
+                    && let Some(E::State(st)) = e.event
+                {
+                    for key in k.keys {
+                        done.insert(key, st.version);
+                    }
+                }
+            }
+        }
+    };
+    read_until(&mut s, &mut done, &|d| d.len() == 2).await;
+    let v0 = done[&1];
+    publish(
+        &mut pbx,
+        vec![ev(2, K::DeviceDnd(v1::DeviceDnd { enabled: true }))],
+    )
+    .await;
+    read_until(&mut s, &mut done, &|d| d.values().all(|v| *v > v0)).await;
+
+    // A user may watch only as itself: another watcher ends alone.
+    let mut seer = sb.login("acme", "seer", PW).await;
+    let (utx, urx) = tokio::sync::mpsc::channel(4);
+    utx.send(v1::WatchManyRequest {
+        add: vec![add(7, "slowpoke")],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut us = seer
+        .presence
+        .watch_many(tokio_stream::wrappers::ReceiverStream::new(urx))
+        .await
+        .unwrap()
+        .into_inner();
+    let m = tokio::time::timeout(Duration::from_secs(10), us.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    match &m.events[..] {
+        [
+            v1::KeyedEvent {
+                keys,
+                body: Some(v1::keyed_event::Body::Ended(end)),
+            },
+        ] => {
+            assert_eq!(keys, &vec![7]);
+            assert_eq!(end.code, Code::PermissionDenied as i32, "{end:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(utx);
+
+    let mut anon = sb.client(None).await;
+    let (_atx, arx) = tokio::sync::mpsc::channel::<v1::WatchManyRequest>(1);
+    assert_code(
+        anon.presence
+            .watch_many(tokio_stream::wrappers::ReceiverStream::new(arx))
+            .await,
+        Code::Unauthenticated,
+    );
+    drop(tx);
+}

@@ -88,6 +88,17 @@ fn frame_server() {
                 .server_streaming()
                 .build(),
         )
+        .method(
+            Method::builder()
+                .name("watch_many")
+                .route_name("WatchMany")
+                .input_type("crate::v1::WatchManyRequest")
+                .output_type("crate::frame::ManyFrame")
+                .codec_path("crate::frame::ManyCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
         .build();
     Builder::new()
         .build_client(false)

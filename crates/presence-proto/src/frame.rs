@@ -94,6 +94,19 @@ impl EventBytes {
         Self::of(field::SNAPSHOT_DONE, Bytes::new())
     }
 
+    /// Returns whether this is a heartbeat.
+    pub fn is_heartbeat(&self) -> bool {
+        self.tag == tag(field::HEARTBEAT)
+    }
+
+    /// Identifies the encoded body this event shares (its kind, address
+    /// and length): two events with the same identity are one encoding,
+    /// e.g. one state delivered to several streams. None for an empty
+    /// body.
+    pub fn identity(&self) -> Option<(u8, usize, usize)> {
+        (!self.body.is_empty()).then(|| (self.tag, self.body.as_ptr() as usize, self.body.len()))
+    }
+
     /// Returns the encoded length of the whole `WatchEvent`.
     pub fn encoded_len(&self) -> usize {
         1 + varint_len(self.body.len()) + self.body.len()
@@ -213,11 +226,11 @@ impl Encoder for FrameEncoder {
 /// transport.
 const FRAME_YIELD: usize = 1024;
 
-/// The decoder of [`FrameCodec`] (the request).
-pub struct RequestDecoder(ProstDecoder<v1::WatchRequest>);
+/// The decoder of [`FrameCodec`] and [`ManyCodec`] (the requests).
+pub struct RequestDecoder<T>(ProstDecoder<T>);
 
-impl Decoder for RequestDecoder {
-    type Item = v1::WatchRequest;
+impl<T: Message + Default + Send + 'static> Decoder for RequestDecoder<T> {
+    type Item = T;
     type Error = Status;
 
     fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Self::Item>, Status> {
@@ -233,18 +246,181 @@ impl Codec for FrameCodec {
     type Encode = Frame;
     type Decode = v1::WatchRequest;
     type Encoder = FrameEncoder;
-    type Decoder = RequestDecoder;
+    type Decoder = RequestDecoder<v1::WatchRequest>;
 
     fn encoder(&mut self) -> FrameEncoder {
         FrameEncoder
     }
 
-    fn decoder(&mut self) -> RequestDecoder {
+    fn decoder(&mut self) -> RequestDecoder<v1::WatchRequest> {
         RequestDecoder(
             tonic_prost::ProstCodec::<v1::WatchEvent, v1::WatchRequest>::raw_decoder(
                 crate::codec::buffer_settings(),
             ),
         )
+    }
+}
+
+/// Field numbers of `KeyedEvent`.
+mod keyed {
+    pub const KEYS: u8 = 1;
+    pub const EVENT: u8 = 2;
+    pub const ENDED: u8 = 3;
+}
+
+/// Field number of `WatchManyEvent.events`.
+const MANY_EVENTS: u8 = 1;
+
+/// What a `KeyedEvent` carries.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeyedBody {
+    /// A `WatchEvent` (shared bytes).
+    Event(EventBytes),
+    /// An encoded `WatcherEnded`.
+    Ended(Bytes),
+}
+
+/// One pre-encoded `KeyedEvent`: the watchers it is for and its body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Keyed {
+    /// The keys of the watchers it is for (empty: the stream's heartbeat).
+    pub keys: Vec<u32>,
+    /// The event.
+    pub body: KeyedBody,
+}
+
+impl Keyed {
+    /// A `WatcherEnded` for `key`.
+    pub fn ended(key: u32, code: i32, message: impl Into<String>) -> Self {
+        let e = v1::WatcherEnded {
+            code,
+            message: message.into(),
+        };
+        Self {
+            keys: vec![key],
+            body: KeyedBody::Ended(e.encode_to_vec().into()),
+        }
+    }
+
+    fn keys_len(&self) -> usize {
+        self.keys.iter().map(|k| varint_len(*k as usize)).sum()
+    }
+
+    fn body_field_len(&self) -> usize {
+        match &self.body {
+            KeyedBody::Event(e) => e.encoded_len(),
+            KeyedBody::Ended(b) => b.len(),
+        }
+    }
+
+    /// The length of the `KeyedEvent` message itself.
+    fn message_len(&self) -> usize {
+        let keys = if self.keys.is_empty() {
+            0
+        } else {
+            let k = self.keys_len();
+            1 + varint_len(k) + k
+        };
+        let b = self.body_field_len();
+        keys + 1 + varint_len(b) + b
+    }
+
+    /// Returns the length of this event as an element of a
+    /// `WatchManyEvent`.
+    pub fn element_len(&self) -> usize {
+        let n = self.message_len();
+        1 + varint_len(n) + n
+    }
+
+    fn write(&self, dst: &mut impl BufMut) {
+        dst.put_u8(tag(MANY_EVENTS));
+        prost::encoding::encode_varint(self.message_len() as u64, dst);
+        if !self.keys.is_empty() {
+            dst.put_u8(tag(keyed::KEYS));
+            prost::encoding::encode_varint(self.keys_len() as u64, dst);
+            for k in &self.keys {
+                prost::encoding::encode_varint(u64::from(*k), dst);
+            }
+        }
+        match &self.body {
+            KeyedBody::Event(e) => {
+                dst.put_u8(tag(keyed::EVENT));
+                prost::encoding::encode_varint(e.encoded_len() as u64, dst);
+                e.write(dst);
+            }
+            KeyedBody::Ended(b) => {
+                dst.put_u8(tag(keyed::ENDED));
+                prost::encoding::encode_varint(b.len() as u64, dst);
+                dst.put_slice(b);
+            }
+        }
+    }
+}
+
+/// What one `WatchMany` message carries: a `WatchManyEvent`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ManyFrame(pub Vec<Keyed>);
+
+impl ManyFrame {
+    /// Returns the encoded length of the message.
+    pub fn encoded_len(&self) -> usize {
+        self.0.iter().map(Keyed::element_len).sum()
+    }
+
+    /// Writes the message's protobuf encoding to `dst`.
+    pub fn write(&self, dst: &mut impl BufMut) {
+        for k in &self.0 {
+            k.write(dst);
+        }
+    }
+
+    /// Decodes the message as a client would (tests and tools).
+    pub fn to_event(&self) -> Result<v1::WatchManyEvent, prost::DecodeError> {
+        let mut v = Vec::with_capacity(self.encoded_len());
+        self.write(&mut v);
+        v1::WatchManyEvent::decode(v.as_slice())
+    }
+}
+
+/// The codec of the server side of `WatchMany`: writes [`ManyFrame`]s
+/// as they are, decodes the requests with prost.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManyCodec;
+
+/// The encoder of [`ManyCodec`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ManyEncoder;
+
+impl Encoder for ManyEncoder {
+    type Item = ManyFrame;
+    type Error = Status;
+
+    fn encode(&mut self, item: ManyFrame, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.reserve(item.encoded_len());
+        item.write(dst);
+        Ok(())
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::new(512, FRAME_YIELD)
+    }
+}
+
+impl Codec for ManyCodec {
+    type Encode = ManyFrame;
+    type Decode = v1::WatchManyRequest;
+    type Encoder = ManyEncoder;
+    type Decoder = RequestDecoder<v1::WatchManyRequest>;
+
+    fn encoder(&mut self) -> ManyEncoder {
+        ManyEncoder
+    }
+
+    fn decoder(&mut self) -> RequestDecoder<v1::WatchManyRequest> {
+        RequestDecoder(tonic_prost::ProstCodec::<
+            v1::WatchManyEvent,
+            v1::WatchManyRequest,
+        >::raw_decoder(crate::codec::buffer_settings()))
     }
 }
 

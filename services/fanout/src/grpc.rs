@@ -1,13 +1,14 @@
 //! The thin tonic adapter of [`Fanout`].
 
 use crate::service::Fanout;
+use futures_util::StreamExt;
 use presence_auth::principal_of;
 use presence_directory::grpc::respond;
-use presence_proto::frame::Frame;
+use presence_proto::frame::{Frame, ManyFrame};
 use presence_proto::presence_server::presence_service_server::PresenceService;
 use presence_proto::v1;
 use std::pin::Pin;
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
 /// The gRPC face of [`Fanout`].
 #[derive(Clone)]
@@ -15,6 +16,10 @@ pub struct FanoutGrpc(pub Fanout);
 
 /// The stream type of `Watch`: pre-encoded frames.
 pub type WatchStream = Pin<Box<dyn futures_util::Stream<Item = Result<Frame, Status>> + Send>>;
+
+/// The stream type of `WatchMany`: pre-encoded frames.
+pub type WatchManyStream =
+    Pin<Box<dyn futures_util::Stream<Item = Result<ManyFrame, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl PresenceService for FanoutGrpc {
@@ -54,6 +59,17 @@ impl PresenceService for FanoutGrpc {
             .watch(&p, request.into_inner())
             .await
             .map_err(|e| respond("watch", e))?;
+        Ok(Response::new(Box::pin(stream.into_stream())))
+    }
+
+    type WatchManyStream = WatchManyStream;
+
+    async fn watch_many(
+        &self,
+        request: Request<Streaming<v1::WatchManyRequest>>,
+    ) -> Result<Response<Self::WatchManyStream>, Status> {
+        let p = principal_of(&request).map_err(|e| respond("watch_many", e))?;
+        let stream = self.0.watch_many(p, request.into_inner().boxed());
         Ok(Response::new(Box::pin(stream.into_stream())))
     }
 }

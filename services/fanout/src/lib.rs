@@ -20,8 +20,10 @@
 //!   visibility class, per-stream coalescing mailboxes;
 //! - [`stream`]: one watch stream (snapshot, updates, batches, access
 //!   changes, heartbeats, resume), pulled by its transport;
-//! - [`service`]: [`Fanout`]: `Publish`, `GetPresence`, `Watch`, NATS
-//!   ingest;
+//! - [`many`]: many watchers on one stream (`WatchMany`), each a
+//!   [`stream`] of its own, a state shared by several sent once;
+//! - [`service`]: [`Fanout`]: `Publish`, `GetPresence`, `Watch`,
+//!   `WatchMany`, NATS ingest;
 //! - [`grpc`]: the tonic adapter.
 
 pub mod cluster;
@@ -30,6 +32,7 @@ pub mod edge;
 pub mod grpc;
 pub mod ingest;
 pub mod lease;
+pub mod many;
 pub mod quota;
 pub mod service;
 pub mod shard;

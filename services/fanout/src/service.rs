@@ -357,6 +357,29 @@ impl Fanout {
         Ok(v1::GetPresenceResponse { states, denied })
     }
 
+    /// Returns the limits of watch streams.
+    pub fn watch_config(&self) -> crate::stream::WatchConfig {
+        self.inner.cfg.watch.clone()
+    }
+
+    /// Returns the token that ends every stream at shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Opens a `WatchMany` stream of `p`'s watchers, driven by
+    /// `requests` (see [`crate::many`]).
+    pub fn watch_many(
+        &self,
+        p: Principal,
+        requests: futures_util::stream::BoxStream<
+            'static,
+            Result<v1::WatchManyRequest, tonic::Status>,
+        >,
+    ) -> crate::many::ManyStream {
+        crate::many::ManyStream::new(self.clone(), p, requests)
+    }
+
     /// Returns the node's edge (run it with [`Edge::run`]).
     pub fn edge(&self) -> Edge {
         self.inner.edge.clone()
