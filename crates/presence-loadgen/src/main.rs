@@ -55,6 +55,9 @@ enum Style {
     Phone,
     /// Many streams per connection, like a phone gateway.
     Gateway,
+    /// A gateway with one `WatchMany` stream per connection carrying its
+    /// watchers (the baseline as in gateway style).
+    Many,
 }
 
 /// Which phases to run.
@@ -183,7 +186,7 @@ impl Args {
     /// The batching the broker phase asks for.
     fn batching(&self) -> Option<v1::WatchBatching> {
         let on = match self.batching {
-            Batching::Auto => self.style == Style::Gateway,
+            Batching::Auto => self.style != Style::Phone,
             Batching::On => true,
             Batching::Off => false,
         };
@@ -476,7 +479,7 @@ where
     E: Into<anyhow::Error>,
 {
     let mut v = Vec::new();
-    if matches!(a.style, Style::Gateway) {
+    if a.style != Style::Phone {
         for _ in 0..a.connections.max(1) {
             v.push(connect().await.map_err(Into::into)?);
         }
@@ -603,7 +606,7 @@ async fn baseline(
     let mut owned = Vec::new();
     for s in 0..a.streams {
         let nc = match a.style {
-            Style::Gateway => shared[s % shared.len()].clone(),
+            Style::Gateway | Style::Many => shared[s % shared.len()].clone(),
             Style::Phone => {
                 let c = async_nats::connect(&a.nats).await?;
                 owned.push(c.clone());
@@ -722,6 +725,9 @@ async fn open_streams(
     );
     let shared =
         shared_connections(a, || presence_client::connect(&a.grpc, Some(&gateway))).await?;
+    if a.style == Style::Many {
+        return open_many(a, shared, domain, base, rss_before).await;
+    }
     let meter = Meter::new(base);
     let stop = Arc::new(tokio::sync::Notify::new());
     let (ready_tx, mut ready_rx) =
@@ -736,7 +742,7 @@ async fn open_streams(
     for (lo, hi) in [(0, half), (half, a.streams)] {
         for s in lo..hi {
             let mut c = match a.style {
-                Style::Gateway => shared[s % shared.len()].clone(),
+                Style::Gateway | Style::Many => shared[s % shared.len()].clone(),
                 Style::Phone => presence_client::connect(&a.grpc, Some(&gateway)).await?,
             };
             let targets: Vec<String> = targets_of(s, a).into_iter().map(user_id).collect();
@@ -821,6 +827,138 @@ async fn open_streams(
         }
     }
     drop(ready_tx);
+    let per_stream = match (rss_before, rss_after.as_slice()) {
+        (Some(before), [first, second]) if a.streams - half > 0 => Some((
+            second.saturating_sub(*first) as f64 / (a.streams - half) as f64,
+            second.saturating_sub(before) as f64 / a.streams as f64,
+        )),
+        _ => None,
+    };
+    Ok(Streams {
+        meter,
+        stop,
+        tasks,
+        per_stream,
+    })
+}
+
+/// `--style many`: one `WatchMany` stream per connection, watcher `s`
+/// on connection `s % connections` with key `s`; the watchers are added
+/// in two halves, as `open_streams` opens its streams.
+async fn open_many(
+    a: &Args,
+    shared: Vec<PresenceClient>,
+    domain: &str,
+    base: Instant,
+    rss_before: Option<u64>,
+) -> anyhow::Result<Streams> {
+    let meter = Meter::new(base);
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let (ready_tx, mut ready_rx) =
+        tokio::sync::mpsc::channel::<anyhow::Result<()>>(a.streams.max(1));
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for mut c in shared {
+        let (tx, rx) = tokio::sync::mpsc::channel::<v1::WatchManyRequest>(16);
+        tx.send(v1::WatchManyRequest {
+            batching: a.batching(),
+            ..Default::default()
+        })
+        .await?;
+        let mut stream = c
+            .presence
+            .watch_many(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map_err(|e| anyhow::anyhow!("watch_many: {e}"))?
+            .into_inner();
+        senders.push(tx);
+        let (meter, stop, ready_tx) = (meter.clone(), stop.clone(), ready_tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = histogram();
+            loop {
+                tokio::select! {
+                    _ = stop.notified() => break,
+                    m = stream.message() => match m {
+                        Ok(Some(m)) => {
+                            for k in m.events {
+                                match k.body {
+                                    Some(v1::keyed_event::Body::Event(e)) => match e.event {
+                                        Some(E::SnapshotDone(_)) => {
+                                            let _ = ready_tx.send(Ok(())).await;
+                                        }
+                                        Some(E::State(st)) => {
+                                            for _ in &k.keys {
+                                                meter.record(&st.message, &mut h);
+                                            }
+                                        }
+                                        _ => {}
+                                    },
+                                    Some(v1::keyed_event::Body::Ended(end)) => {
+                                        let _ = ready_tx
+                                            .send(Err(anyhow::anyhow!("watcher ended: {end:?}")))
+                                            .await;
+                                    }
+                                    None => {}
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(anyhow::anyhow!("stream: {e}"))).await;
+                            break;
+                        }
+                    },
+                }
+            }
+            h
+        }));
+    }
+    drop(ready_tx);
+    let half = a.streams / 2;
+    let mut rss_after = Vec::new();
+    for (lo, hi) in [(0, half), (half, a.streams)] {
+        let mut adds: Vec<Vec<v1::WatchManyAdd>> = vec![Vec::new(); senders.len()];
+        for s in lo..hi {
+            adds[s % senders.len()].push(v1::WatchManyAdd {
+                key: s as u32,
+                watch: Some(v1::WatchRequest {
+                    domain: domain.to_owned(),
+                    watcher: user_id(s % a.users),
+                    selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+                        targets: targets_of(s, a).into_iter().map(user_id).collect(),
+                    })),
+                    ..Default::default()
+                }),
+            });
+        }
+        for (tx, add) in senders.iter().zip(adds) {
+            tx.send(v1::WatchManyRequest {
+                add,
+                ..Default::default()
+            })
+            .await?;
+        }
+        for n in lo..hi {
+            match ready_rx.recv().await {
+                Some(Ok(())) => {}
+                Some(Err(e)) => bail!(
+                    "watcher {n} failed to start: {e} (is max_streams_per_principal high enough?)"
+                ),
+                None => bail!("streams ended before their snapshots"),
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let Some(pid) = a.server_pid {
+            rss_after.push(rss(pid)?);
+        }
+    }
+    // The request streams stay open while the phase runs.
+    let keep = stop.clone();
+    tasks.push(tokio::spawn(async move {
+        let _senders = senders;
+        keep.notified().await;
+        histogram()
+    }));
     let per_stream = match (rss_before, rss_after.as_slice()) {
         (Some(before), [first, second]) if a.streams - half > 0 => Some((
             second.saturating_sub(*first) as f64 / (a.streams - half) as f64,
