@@ -189,6 +189,18 @@ async fn load_snapshot(
     )))
 }
 
+/// The sequence to purge the directory log below, keeping every entry
+/// after the oldest retained snapshot and every entry a reporting node
+/// still has to apply (`least`); None when nothing would go: a purge up
+/// to a sequence at or below the log's start (`first`) is never sent.
+/// nats-server 2.9 removed the whole stream for one (a joining node that
+/// had applied nothing yet held compaction at 0, and the purge up to
+/// sequence 1 left the log empty behind every node).
+pub fn purge_below(oldest_snapshot: u64, least: Option<u64>, first: u64) -> Option<u64> {
+    let keep_from = least.map_or(oldest_snapshot, |l| oldest_snapshot.min(l));
+    (keep_from >= first).then_some(keep_from + 1)
+}
+
 impl Replica {
     /// Opens (or creates) the log stream and the snapshot buckets for
     /// `store`. A store behind the start of the log (empty, or down for
@@ -657,26 +669,36 @@ impl Replica {
         if let Some(oldest) = catalog.snapshots.first() {
             // Never past what a live node still has to apply: a lagging
             // node keeps following the log instead of having to restart.
-            let mut keep_from = oldest.log_sequence;
-            if let Some(least) = self.inner.snapshots.least_applied().await? {
-                if least < keep_from {
-                    metrics::counter!("presence_directory_compaction_held_total").increment(1);
-                    tracing::info!(
-                        least_applied = least,
-                        snapshot = oldest.log_sequence,
-                        "directory log compaction held back by a lagging node"
-                    );
-                }
-                keep_from = keep_from.min(least);
+            let least = self.inner.snapshots.least_applied().await?;
+            if let Some(least) = least
+                && least < oldest.log_sequence
+            {
+                metrics::counter!("presence_directory_compaction_held_total").increment(1);
+                tracing::info!(
+                    least_applied = least,
+                    snapshot = oldest.log_sequence,
+                    "directory log compaction held back by a lagging node"
+                );
             }
+            let first = {
+                let mut st = self.inner.stream.clone();
+                st.info()
+                    .await
+                    .map_err(|e| unavailable(&format!("stream {STREAM}"), e))?
+                    .state
+                    .first_sequence
+            };
+            let Some(below) = purge_below(oldest.log_sequence, least, first) else {
+                return Ok(Some(catalog));
+            };
             self.inner
                 .stream
                 .purge()
-                .sequence(keep_from + 1)
+                .sequence(below)
                 .await
                 .map_err(|e| unavailable(&format!("compact stream {STREAM}"), e))?;
             tracing::info!(
-                below = keep_from + 1,
+                below,
                 oldest_snapshot = oldest.log_sequence,
                 "directory log compacted"
             );

@@ -26,3 +26,21 @@ async fn test_the_least_reported_position_holds_compaction_back() {
     snaps.withdraw("a").await;
     assert_eq!(snaps.least_applied().await.unwrap(), Some(70));
 }
+
+/// What compaction purges: behind the oldest snapshot and the least
+/// reported position, and nothing at all when that is below the log's
+/// start (a purge up to sequence 1 emptied the log on nats-server 2.9).
+#[test]
+fn test_purge_keeps_what_nodes_need_and_never_goes_below_the_start() {
+    use presence_directory::replica::purge_below;
+    // A joining node that has applied nothing holds the whole log.
+    assert_eq!(purge_below(49, Some(0), 1), None);
+    assert_eq!(purge_below(49, Some(0), 50), None);
+    // A lagging node holds what it still has to apply.
+    assert_eq!(purge_below(201, Some(120), 50), Some(121));
+    // Otherwise up to the oldest retained snapshot.
+    assert_eq!(purge_below(201, None, 50), Some(202));
+    assert_eq!(purge_below(201, Some(300), 50), Some(202));
+    // Already compacted that far: nothing to send.
+    assert_eq!(purge_below(49, None, 50), None);
+}
