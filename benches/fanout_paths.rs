@@ -307,6 +307,7 @@ fn shard_burst(c: &mut Criterion) {
             },
             bus.clone(),
             Clock::new(),
+            None,
             shutdown.clone(),
             &tracker,
         )

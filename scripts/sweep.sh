@@ -6,7 +6,8 @@
 # memory figure honest (a server reused across points hands freed memory
 # to the next one).
 #
-#   scripts/sweep.sh [out.svg]      # STREAMS, TARGETS, RATE, DURATION override
+#   scripts/sweep.sh [out.svg]      # STREAMS, TARGETS, RATE, DURATION, STYLE override
+#   STYLE=many scripts/sweep.sh docs/scale-many.svg   # WatchMany gateways
 #
 # Needs nats-server (scripts/test.sh installs it). Not part of CI.
 set -euo pipefail
@@ -16,6 +17,7 @@ streams=${STREAMS:-100 300 1000 3000 10000}
 targets=${TARGETS:-5 20}
 rate=${RATE:-1000}
 duration=${DURATION:-5}
+style=${STYLE:-gateway}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 files=()
@@ -23,7 +25,7 @@ for t in $targets; do
     for s in $streams; do
         f="$work/point-$s-$t.json"
         scripts/load.sh --mode sweep --users 1000 --sweep-streams "$s" --sweep-targets "$t" \
-            --rate "$rate" --duration "$duration" --json "$f" >"$work/log-$s-$t.txt" 2>&1 ||
+            --rate "$rate" --duration "$duration" --style "$style" --json "$f" >"$work/log-$s-$t.txt" 2>&1 ||
             { tail -20 "$work/log-$s-$t.txt"; exit 1; }
         files+=("$f")
     done

@@ -205,6 +205,10 @@ struct Topic {
     cancel: CancellationToken,
     /// Becomes true once the subscription is active.
     ready: tokio::sync::watch::Receiver<bool>,
+    /// The highest version handed to the watchers: a state that arrives
+    /// twice (fed by a local owner, then its echo from NATS) or late is
+    /// dropped before any work.
+    last: AtomicU64,
 }
 
 /// Watched targets: domain → user → topic; the keys are the interned
@@ -339,6 +343,7 @@ impl Edge {
                                 watchers: vec![entry],
                                 cancel,
                                 ready: ready.clone(),
+                                last: AtomicU64::new(0),
                             },
                         );
                         waits.push(ready);
@@ -401,6 +406,34 @@ impl Edge {
                 return;
             }
         };
+        self.deliver_new(domain, user, state, payload);
+    }
+
+    /// Hands a state published by a shard owner of this node to the
+    /// local watchers at once, without the round trip through the bus
+    /// (which still carries it to the other nodes; its echo here is
+    /// dropped as already delivered).
+    pub(crate) fn deliver_local(&self, state: v1::PresenceState, payload: Bytes) {
+        let (domain, user) = (state.domain.clone(), state.user.clone());
+        self.deliver_new(&domain, &user, state, payload);
+    }
+
+    /// Delivers `state` unless a version at least as new was delivered
+    /// for its target already (or nobody here watches it).
+    fn deliver_new(&self, domain: &str, user: &str, state: v1::PresenceState, payload: Bytes) {
+        let fresh = {
+            let topics = match self.inner.topics.read() {
+                Ok(g) => g,
+                Err(e) => e.into_inner(),
+            };
+            topics
+                .get(domain)
+                .and_then(|u| u.get(user))
+                .is_some_and(|t| t.last.fetch_max(state.version, Ordering::AcqRel) < state.version)
+        };
+        if !fresh {
+            return;
+        }
         let shared = Arc::new(Shared::new(state, payload, &self.inner.counts));
         self.deliver(domain, user, &shared);
     }

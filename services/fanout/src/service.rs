@@ -91,6 +91,7 @@ impl Fanout {
         tracker: &TaskTracker,
     ) -> Self {
         let clock = Clock::new();
+        let edge = Edge::new(bus.clone(), shutdown.clone(), tracker.clone());
         let shards = (0..cfg.shards.max(1))
             .map(|i| {
                 shard::spawn(
@@ -100,12 +101,13 @@ impl Fanout {
                     cfg.device_rate,
                     bus.clone(),
                     clock,
+                    Some(edge.clone()),
                     shutdown.clone(),
                     tracker,
                 )
             })
             .collect();
-        Self::with_shards(Shards::Local(shards), cfg, acl, bus, shutdown, tracker)
+        Self::with_shards(Shards::Local(shards), cfg, acl, edge, shutdown)
     }
 
     /// Starts the service in distributed mode: shards are owned by the
@@ -119,7 +121,9 @@ impl Fanout {
         shutdown: &CancellationToken,
         tracker: &TaskTracker,
     ) -> ApiResult<Self> {
+        let edge = Edge::new(bus.clone(), shutdown.clone(), tracker.clone());
         let params = ShardParams {
+            edge: edge.clone(),
             limits: cfg.limits,
             rate: cfg.device_rate,
             domain_rate: cfg.domain_quota.per_shard(cfg.shards),
@@ -140,9 +144,8 @@ impl Fanout {
             Shards::Cluster(cluster),
             cfg,
             acl,
-            bus,
+            edge,
             shutdown,
-            tracker,
         ))
     }
 
@@ -150,9 +153,8 @@ impl Fanout {
         shards: Shards,
         cfg: FanoutConfig,
         acl: AclView,
-        bus: SharedBus,
+        edge: Edge,
         shutdown: &CancellationToken,
-        tracker: &TaskTracker,
     ) -> Self {
         // The node's own bucket: the whole quota with local shards; with
         // clustered shards an early cut for gRPC Publish before anything
@@ -163,7 +165,7 @@ impl Fanout {
                 shards: Arc::new(shards),
                 acl,
                 cfg,
-                edge: Edge::new(bus, shutdown.clone(), tracker.clone()),
+                edge,
                 slots: StreamSlots::default(),
                 ingest_quota: std::sync::Mutex::new(IngestQuota::new(cfg_events)),
                 clock: Clock::new(),

@@ -145,6 +145,8 @@ pub(crate) struct Shard {
     floor: u64,
     /// Whether changes are published (not while replaying a log).
     pub(crate) publishing: bool,
+    /// This node's edge, fed every published change directly.
+    edge: Option<crate::edge::Edge>,
 }
 
 impl Shard {
@@ -154,8 +156,10 @@ impl Shard {
         rate: RateLimit,
         bus: SharedBus,
         clock: Clock,
+        edge: Option<crate::edge::Edge>,
     ) -> Self {
         Self {
+            edge,
             id,
             rate,
             buckets: HashMap::new(),
@@ -189,11 +193,12 @@ impl Shard {
         let Some(u) = self.users.get(key) else { return };
         let state = state_to_proto(key.0.as_str(), key.1.as_str(), u.aggregate(), true);
         let subject = subjects::presence_out(&key.0, &key.1);
-        if let Err(e) = self
-            .bus
-            .publish(subject, state.encode_to_vec().into())
-            .await
-        {
+        let payload: bytes::Bytes = state.encode_to_vec().into();
+        // This node's watchers first, without the bus's round trip.
+        if let Some(edge) = &self.edge {
+            edge.deliver_local(state, payload.clone());
+        }
+        if let Err(e) = self.bus.publish(subject, payload).await {
             tracing::warn!(shard = self.id, error = %e, "presence change not published");
         }
     }
@@ -341,11 +346,12 @@ pub fn spawn(
     rate: RateLimit,
     bus: SharedBus,
     clock: Clock,
+    edge: Option<crate::edge::Edge>,
     shutdown: CancellationToken,
     tracker: &tokio_util::task::TaskTracker,
 ) -> ShardHandle {
     let (tx, mut rx) = mpsc::channel(inbox.max(1));
-    let mut shard = Shard::new(id, limits, rate, bus, clock);
+    let mut shard = Shard::new(id, limits, rate, bus, clock, edge);
     let span = tracing::info_span!("shard", id);
     tracker.spawn(tracing::Instrument::instrument(
         async move {

@@ -39,6 +39,7 @@ async fn test_ringing_and_registration_expire_on_time() {
         shard::RateLimit::default(),
         bus.clone(),
         clock,
+        None,
         shutdown.clone(),
         &tracker,
     );
@@ -144,6 +145,7 @@ async fn test_publish_rate_per_device_is_limited() {
         rate,
         bus,
         Clock::new(),
+        None,
         shutdown.clone(),
         &tracker,
     );

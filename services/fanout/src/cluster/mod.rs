@@ -141,6 +141,8 @@ pub(crate) struct ShardParams {
     pub bus: SharedBus,
     pub clock: crate::shard::Clock,
     pub acl: presence_policy::AclView,
+    /// This node's edge (an owner feeds it its changes directly).
+    pub edge: crate::edge::Edge,
 }
 
 /// A shard this node owns.

@@ -49,7 +49,14 @@ impl Cluster {
             _ => (Snapshot::default(), 0),
         };
         let p = &self.params;
-        let mut shard = Shard::new(n, p.limits, p.rate, p.bus.clone(), p.clock);
+        let mut shard = Shard::new(
+            n,
+            p.limits,
+            p.rate,
+            p.bus.clone(),
+            p.clock,
+            Some(p.edge.clone()),
+        );
         let mut quota = IngestQuota::new(p.domain_rate);
         shard.publishing = false;
         // Every event of this shard up to `covered` is applied.
