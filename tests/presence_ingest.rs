@@ -385,24 +385,23 @@ async fn test_ingest_from_nats_subjects() {
     );
 }
 
-/// A domain's ingest quota with shards owned over NATS (the shard owner
-/// enforces it on the input log's clock): acme's flood beyond its burst
-/// is refused as rate limited, globex at the same time is not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_domain_ingest_quota_in_a_fanout_cluster() {
-    let nats = NatsServer::start();
-    let sb = Sandbox::start_tuned_with(nats.url(), |c| {
+/// A clustered sandbox (one shard) with an ingest quota of 1 event/s
+/// and bursts of 3 per domain.
+async fn quota_sandbox(nats: &NatsServer) -> Sandbox {
+    Sandbox::start_tuned_with(nats.url(), |c| {
         c.shards = 1;
         c.domain_events_per_second = 1;
         c.domain_events_burst = 3;
     })
-    .await;
-    let (mut pbx, _) = setup(&sb).await;
-    let mut a = sb.admin.clone();
-    domain(&mut a, "globex").await;
-    site(&mut a, "globex", "hq").await;
+    .await
+}
+
+/// A second tenant, globex, with user g1.
+async fn add_globex(a: &mut PresenceClient) {
+    domain(a, "globex").await;
+    site(a, "globex", "hq").await;
     user(
-        &mut a,
+        a,
         "globex",
         "g1",
         NewUser {
@@ -411,7 +410,11 @@ async fn test_domain_ingest_quota_in_a_fanout_cluster() {
         },
     )
     .await;
-    let status = |domain: &str, user: &str, seq: u64| v1::DeviceEvent {
+}
+
+/// A manual status event `m<seq>` of `user` from device "pbx".
+fn status_event(domain: &str, user: &str, seq: u64) -> v1::DeviceEvent {
+    v1::DeviceEvent {
         domain: domain.into(),
         user: user.into(),
         device: "pbx".into(),
@@ -421,9 +424,22 @@ async fn test_domain_ingest_quota_in_a_fanout_cluster() {
             status: v1::UserStatus::Away as i32,
             message: format!("m{seq}"),
         })),
-    };
-    let mut events: Vec<v1::DeviceEvent> = (1..=10).map(|s| status("acme", "recep", s)).collect();
-    events.extend((1..=3).map(|s| status("globex", "g1", s)));
+    }
+}
+
+/// A domain's ingest quota with shards owned over NATS (the shard owner
+/// enforces it on the input log's clock): acme's flood beyond its burst
+/// is refused as rate limited, globex at the same time is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_domain_ingest_quota_in_a_fanout_cluster() {
+    let nats = NatsServer::start();
+    let sb = quota_sandbox(&nats).await;
+    let (mut pbx, _) = setup(&sb).await;
+    let mut a = sb.admin.clone();
+    add_globex(&mut a).await;
+    let mut events: Vec<v1::DeviceEvent> =
+        (1..=10).map(|s| status_event("acme", "recep", s)).collect();
+    events.extend((1..=3).map(|s| status_event("globex", "g1", s)));
     let gx =
         presence_tests::service_token(&mut a, "pbx-gx", &["globex"], &["presence.publish"]).await;
     let r = pbx
@@ -463,37 +479,10 @@ async fn test_domain_ingest_quota_in_a_fanout_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_nats_flood_is_refused_before_the_input_log() {
     let nats = NatsServer::start();
-    let sb = Sandbox::start_tuned_with(nats.url(), |c| {
-        c.shards = 1;
-        c.domain_events_per_second = 1;
-        c.domain_events_burst = 3;
-    })
-    .await;
+    let sb = quota_sandbox(&nats).await;
     let _ = setup(&sb).await;
     let mut a = sb.admin.clone();
-    domain(&mut a, "globex").await;
-    site(&mut a, "globex", "hq").await;
-    user(
-        &mut a,
-        "globex",
-        "g1",
-        NewUser {
-            site: "hq",
-            ..Default::default()
-        },
-    )
-    .await;
-    let status = |domain: &str, user: &str, seq: u64| v1::DeviceEvent {
-        domain: domain.into(),
-        user: user.into(),
-        device: "pbx".into(),
-        sequence: seq,
-        at_ms: 0,
-        kind: Some(K::ManualStatus(v1::ManualStatus {
-            status: v1::UserStatus::Away as i32,
-            message: format!("m{seq}"),
-        })),
-    };
+    add_globex(&mut a).await;
     let nc = async_nats::connect(nats.url()).await.unwrap();
     let ask = |subject: &'static str, payload: Vec<u8>| {
         let nc = nc.clone();
@@ -506,7 +495,7 @@ async fn test_nats_flood_is_refused_before_the_input_log() {
     for seq in 1..=10 {
         let v = ask(
             "presence.v1.in.acme.recep",
-            status("acme", "recep", seq).encode_to_vec(),
+            status_event("acme", "recep", seq).encode_to_vec(),
         )
         .await;
         if v["stream"] == "PRESENCE_INGEST" {
@@ -527,14 +516,14 @@ async fn test_nats_flood_is_refused_before_the_input_log() {
     for seq in 1..=3 {
         let v = ask(
             "presence.v1.in.globex.g1",
-            status("globex", "g1", seq).encode_to_vec(),
+            status_event("globex", "g1", seq).encode_to_vec(),
         )
         .await;
         assert_eq!(v["stream"], "PRESENCE_INGEST", "globex is not limited: {v}");
     }
     let v = ask(
         "presence.v1.in.acme",
-        status("acme", "recep", 99).encode_to_vec(),
+        status_event("acme", "recep", 99).encode_to_vec(),
     )
     .await;
     assert_eq!(v["error"]["code"], 400, "{v}");
