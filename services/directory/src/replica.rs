@@ -230,6 +230,14 @@ impl Replica {
                 Ok((stream, snapshots))
             })
             .await?;
+        // Hold compaction back at this node's position before reading
+        // where the log starts: a purge between that read and the
+        // node's first periodic report would pass a joining node that
+        // found no snapshot to load (seen: "directory log jumps from 0 to
+        // 46"). The position is reported again once the node caught up.
+        if let Err(e) = snapshots.report(&cfg.node, store.log_sequence()?).await {
+            tracing::debug!(error = %e, "directory position not reported before catch-up");
+        }
         // The log may be compacted while a snapshot loads: look again.
         let mut attempts = 0;
         let applied = loop {
@@ -436,6 +444,16 @@ impl Replica {
     pub async fn catch_up(&self, timeout: Duration) -> ApiResult<u64> {
         let last = self.last_sequence().await?;
         self.wait_applied(last, timeout).await?;
+        // Report the new position at once: the report made when the node
+        // opened (0 for a joining node) would otherwise hold compaction
+        // back until the next periodic one, and for the report's whole
+        // lifetime if the node died before it.
+        let report = self.inner.snapshots.report(&self.inner.cfg.node, self.applied());
+        match tokio::time::timeout(LOG_START_CHECK, report).await {
+            Ok(Err(e)) => tracing::debug!(error = %e, "directory node report failed"),
+            Err(_) => tracing::debug!("directory node report timed out"),
+            Ok(Ok(())) => {}
+        }
         Ok(last)
     }
 
