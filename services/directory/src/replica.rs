@@ -448,7 +448,10 @@ impl Replica {
         // opened (0 for a joining node) would otherwise hold compaction
         // back until the next periodic one, and for the report's whole
         // lifetime if the node died before it.
-        let report = self.inner.snapshots.report(&self.inner.cfg.node, self.applied());
+        let report = self
+            .inner
+            .snapshots
+            .report(&self.inner.cfg.node, self.applied());
         match tokio::time::timeout(LOG_START_CHECK, report).await {
             Ok(Err(e)) => tracing::debug!(error = %e, "directory node report failed"),
             Err(_) => tracing::debug!("directory node report timed out"),
