@@ -484,6 +484,8 @@ async fn test_nats_flood_is_refused_before_the_input_log() {
     let mut a = sb.admin.clone();
     add_globex(&mut a).await;
     let nc = async_nats::connect(nats.url()).await.unwrap();
+    let mut applied = nc.subscribe("presence.v1.out.acme.recep").await.unwrap();
+    nc.flush().await.unwrap();
     let ask = |subject: &'static str, payload: Vec<u8>| {
         let nc = nc.clone();
         async move {
@@ -559,15 +561,21 @@ async fn test_nats_flood_is_refused_before_the_input_log() {
     want.extend((1..=3).map(|s| ("globex".to_string(), s)));
     assert_eq!(logged, want);
 
-    // And the owner applied them: recep's status is its last admitted one.
-    let mut recep = sb.login("acme", "recep", PW).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = state_of(&mut recep, "recep").await.unwrap();
-        if st.message == format!("m{acme_ok}") {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{st:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    // And the owner applied them, in order: recep's states are those of
+    // the admitted events, the last one is current.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&format!("m{acme_ok}")) {
+        let m = tokio::time::timeout(Duration::from_secs(10), applied.next())
+            .await
+            .unwrap_or_else(|_| panic!("recep's states so far: {seen:?}"))
+            .unwrap();
+        seen.push(v1::PresenceState::decode(m.payload).unwrap().message);
     }
+    let want: Vec<String> = (1..=acme_ok).map(|s| format!("m{s}")).collect();
+    assert_eq!(seen, want);
+    let mut recep = sb.login("acme", "recep", PW).await;
+    assert_eq!(
+        state_of(&mut recep, "recep").await.unwrap().message,
+        format!("m{acme_ok}")
+    );
 }
