@@ -827,19 +827,30 @@ async fn open_streams(
         }
     }
     drop(ready_tx);
-    let per_stream = match (rss_before, rss_after.as_slice()) {
-        (Some(before), [first, second]) if a.streams - half > 0 => Some((
-            second.saturating_sub(*first) as f64 / (a.streams - half) as f64,
-            second.saturating_sub(before) as f64 / a.streams as f64,
-        )),
-        _ => None,
-    };
+    let per_stream = per_stream_memory(rss_before, &rss_after, a.streams, half);
     Ok(Streams {
         meter,
         stop,
         tasks,
         per_stream,
     })
+}
+
+/// (marginal, total) server memory per stream: the second half's growth
+/// over its streams, and the whole growth over all of them.
+fn per_stream_memory(
+    before: Option<u64>,
+    after: &[u64],
+    streams: usize,
+    half: usize,
+) -> Option<(f64, f64)> {
+    match (before, after) {
+        (Some(before), [first, second]) if streams - half > 0 => Some((
+            second.saturating_sub(*first) as f64 / (streams - half) as f64,
+            second.saturating_sub(before) as f64 / streams as f64,
+        )),
+        _ => None,
+    }
 }
 
 /// `--style many`: one `WatchMany` stream per connection, watcher `s`
@@ -959,13 +970,7 @@ async fn open_many(
         keep.notified().await;
         histogram()
     }));
-    let per_stream = match (rss_before, rss_after.as_slice()) {
-        (Some(before), [first, second]) if a.streams - half > 0 => Some((
-            second.saturating_sub(*first) as f64 / (a.streams - half) as f64,
-            second.saturating_sub(before) as f64 / a.streams as f64,
-        )),
-        _ => None,
-    };
+    let per_stream = per_stream_memory(rss_before, &rss_after, a.streams, half);
     Ok(Streams {
         meter,
         stop,
