@@ -4,6 +4,8 @@
 //! policy.
 //!
 //! Modules, in the order a change travels:
+//! - [`fair`]: the ingest backlog, queued by domain and taken
+//!   round-robin, so a flooding tenant waits behind its own events;
 //! - [`ingest`]: validation of device events and their verdicts (used by
 //!   local and clustered shards alike);
 //! - [`quota`]: per-domain ingest and stream quotas, token buckets,
@@ -29,6 +31,7 @@
 pub mod cluster;
 pub mod convert;
 pub mod edge;
+pub mod fair;
 pub mod grpc;
 pub mod ingest;
 pub mod lease;

@@ -4,6 +4,7 @@
 use crate::cluster::{Cluster, ShardParams};
 use crate::convert::redact;
 use crate::edge::Edge;
+use crate::fair::Inlet;
 use crate::ingest::{check_event, ingest_target, may_publish, rejected};
 use crate::quota::{DomainQuota, IngestQuota, StreamSlots, over_ingest_quota};
 use crate::shard::{self, Clock};
@@ -42,6 +43,9 @@ pub struct FanoutConfig {
     pub cluster: crate::cluster::ClusterConfig,
     /// Per-domain ingest and stream quotas (see [`crate::quota`]).
     pub domain_quota: DomainQuota,
+    /// Device events received from the bus and not yet taken, queued by
+    /// domain (see [`crate::fair`]); beyond, the longest backlog sheds.
+    pub ingest_backlog: usize,
 }
 
 impl Default for FanoutConfig {
@@ -56,6 +60,7 @@ impl Default for FanoutConfig {
             device_rate: shard::RateLimit::default(),
             cluster: crate::cluster::ClusterConfig::default(),
             domain_quota: DomainQuota::default(),
+            ingest_backlog: 65_536,
         }
     }
 }
@@ -508,13 +513,18 @@ impl Fanout {
     /// local shards each event is applied here; clustered, events are
     /// admitted (the node's quota) and appended to the input log in
     /// batches, for the shards' owners to apply.
-    pub async fn run_ingest(self, mut sub: BusSubscription, shutdown: CancellationToken) {
+    ///
+    /// Either way events are taken round-robin by domain from a bounded
+    /// backlog ([`crate::fair::Inlet`]): a tenant that floods waits behind
+    /// its own events, not the others'.
+    pub async fn run_ingest(self, sub: BusSubscription, shutdown: CancellationToken) {
+        let mut inlet = Inlet::new(sub, self.inner.cfg.ingest_backlog);
         if let Shards::Cluster(c) = &*self.inner.shards {
             let c = c.clone();
-            return c.run_admission(sub, shutdown).await;
+            return c.run_admission(inlet, shutdown).await;
         }
         loop {
-            let Some(m) = presence_bus::next_or_shutdown(&mut sub, &shutdown).await else {
+            let Some(m) = inlet.next_or_shutdown(&shutdown).await else {
                 return;
             };
             let mut e = match v1::DeviceEvent::decode(m.payload) {

@@ -79,6 +79,10 @@ pub struct Config {
     /// taking a shard over loses none that arrived meanwhile; 0 keeps
     /// none.
     pub ingest_standby_events: usize,
+    /// Device events received from NATS and not yet taken, queued per
+    /// domain and taken round-robin; when full, the domain with the
+    /// longest backlog sheds its newest event.
+    pub ingest_backlog_events: usize,
     /// A directory snapshot is published (and the directory log
     /// compacted behind the older retained one) once the log has grown by
     /// this many entries; 0: this node never publishes one.
@@ -135,6 +139,7 @@ impl Default for Config {
             snapshot_interval_ms: 1_000,
             shard_log_max_age_secs: 3600,
             ingest_standby_events: 100_000,
+            ingest_backlog_events: 65_536,
             directory_snapshot_every: 10_000,
             directory_snapshot_interval_ms: 60_000,
             jetstream_replicas: 1,
@@ -177,6 +182,7 @@ pub const ENV_KEYS: &[&str] = &[
     "snapshot_interval_ms",
     "shard_log_max_age_secs",
     "ingest_standby_events",
+    "ingest_backlog_events",
     "directory_snapshot_every",
     "directory_snapshot_interval_ms",
     "jetstream_replicas",
@@ -299,7 +305,7 @@ impl Config {
                     .into(),
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 23] = [
+        let ranges: [(&str, u64, u64, u64); 24] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -363,6 +369,12 @@ impl Config {
                 "ingest_standby_events",
                 self.ingest_standby_events as u64,
                 0,
+                10_000_000,
+            ),
+            (
+                "ingest_backlog_events",
+                self.ingest_backlog_events as u64,
+                1,
                 10_000_000,
             ),
             (

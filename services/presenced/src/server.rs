@@ -520,6 +520,7 @@ impl Server {
             }),
             max_streams: c.max_streams_per_domain,
         };
+        f.ingest_backlog = c.ingest_backlog_events;
         f.cluster = presence_fanout::cluster::ClusterConfig {
             node_id: c.node_id.clone(),
             lease_ttl: Duration::from_millis(c.lease_ttl_ms),

@@ -35,14 +35,14 @@
 //! stops admitting it and waits until everything it admitted is stored
 //! before it lets the lease go.
 
+use crate::fair::Inlet;
 use crate::ingest::{ingest_subject, rejected};
 use crate::quota::{IngestQuota, over_ingest_quota};
 use crate::shard::shard_index;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use presence_bus::{BusMessage, BusSubscription, subjects};
+use presence_bus::{BusMessage, subjects};
 use presence_core::{DomainId, UserId};
 use presence_proto::v1::{self, RejectReason};
 use prost::Message;
@@ -160,7 +160,7 @@ impl Cluster {
     /// appended.
     pub(crate) async fn run_admission(
         self: Arc<Self>,
-        mut sub: BusSubscription,
+        mut inlet: Inlet,
         shutdown: CancellationToken,
     ) {
         let Some(mut control) = super::lock(&self.admission_control).take() else {
@@ -179,6 +179,7 @@ impl Cluster {
         }
         let mut in_flight: Option<Append<'_>> = None;
         loop {
+            let room = st.room();
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -200,17 +201,30 @@ impl Cluster {
                     in_flight = None;
                     self.answer(r.0, r.1).await;
                 }
-                m = sub.next(), if st.room() => match m {
-                    Some(m) => self.take(&mut st, m).await,
+                // Without room, what arrives meanwhile waits in the fair
+                // backlog, not in the subscription's FIFO.
+                m = async {
+                    if room {
+                        inlet.next().await.map(Some)
+                    } else {
+                        inlet.receive().await.then_some(None)
+                    }
+                } => match m {
+                    Some(Some(m)) => self.take(&mut st, m).await,
+                    Some(None) => {}
                     None => break,
                 },
             }
             // Everything already received goes into the same entry.
             while st.room() {
-                match sub.next().now_or_never() {
+                match inlet.next().now_or_never() {
                     Some(Some(m)) => self.take(&mut st, m).await,
                     _ => break,
                 }
+            }
+            for (d, r) in inlet.take_shed() {
+                let detail = format!("ingest backlog full: domain {d} has the longest backlog");
+                self.reply(r, refusal(429, &detail)).await;
             }
             if in_flight.is_none()
                 && let Some(p) = st.pending.pop_front()
