@@ -25,8 +25,20 @@ const USERS: usize = 24;
 
 /// Starts a node and waits for its ready file.
 fn node(dir: &Path, id: &str, roles: &str, nats: &str, key: Option<&Path>) -> (Proc, String) {
+    node_with_metrics(dir, id, roles, nats, key, "")
+}
+
+/// [`node`], with its Prometheus exporter on `metrics` (empty: none).
+fn node_with_metrics(
+    dir: &Path,
+    id: &str,
+    roles: &str,
+    nats: &str,
+    key: Option<&Path>,
+    metrics: &str,
+) -> (Proc, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
-    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", metrics])
         .arg("--data-dir")
         .arg(dir.join(id))
         .args(["--nats-url", nats, "--roles", roles])
@@ -437,4 +449,111 @@ async fn test_sigterm_stops_a_node_whose_nats_server_is_gone() {
         .unwrap()
         .expect("presenced did not exit within 60 s of SIGTERM with NATS gone");
     assert!(status.success(), "exit status {status}");
+}
+
+/// Reads a Prometheus exporter's page.
+fn scrape(addr: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body
+}
+
+/// Returns the value of the sample `name` (with its labels) on a page.
+fn sample(page: &str, name: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The owner of a shard applies the events it admitted as soon as their
+/// entry is stored (without reading them back from the log), in order:
+/// a call's whole life, published back to back over NATS, reaches a
+/// watcher with increasing versions, ending where the device ended
+/// after six changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_an_owner_applies_what_it_admitted_without_reading_it_back() {
+    let nats = NatsServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let metrics = format!("127.0.0.1:{port}");
+    let (_a, url_a) = node_with_metrics(
+        dir,
+        "a",
+        "directory,policy,fanout",
+        nats.url(),
+        None,
+        &metrics,
+    );
+    let nc = async_nats::connect(nats.url()).await.unwrap();
+    wait_spread(&jetstream::new(nc.clone()), &["a"]).await;
+    let mut admin = admin_client(&url_a, dir).await;
+    let u = user(0);
+    setup(&mut admin, std::slice::from_ref(&u)).await;
+    let mut s = admin
+        .presence
+        .watch(v1::WatchRequest {
+            domain: "acme".into(),
+            watcher: u.clone(),
+            selector: Some(v1::watch_request::Selector::Targets(v1::TargetList {
+                targets: vec![u.clone()],
+            })),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let life = [
+        K::Registration(v1::Registration {
+            expires_seconds: 600,
+        }),
+        call(v1::CallState::Early),
+        call(v1::CallState::Confirmed),
+        call(v1::CallState::Held),
+        call(v1::CallState::Confirmed),
+        call(v1::CallState::Terminated),
+    ];
+    for (i, kind) in life.into_iter().enumerate() {
+        publish_nats(&nc, event(&u, i as u64 + 1, kind)).await;
+    }
+    nc.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut last = None;
+    loop {
+        let m = tokio::time::timeout_at(deadline, s.message())
+            .await
+            .expect("the call's end never arrived")
+            .unwrap()
+            .expect("stream ended");
+        let Some(E::State(st)) = m.event else {
+            continue;
+        };
+        if let Some(last) = last {
+            assert!(st.version > last, "version {} after {last}", st.version);
+        }
+        last = Some(st.version);
+        // A term's versions start at `term << 32`; each of the six
+        // events changed the state once.
+        if st.version & 0xffff_ffff == 6 {
+            assert_eq!(st.telephony, v1::TelephonyStatus::NoCall as i32);
+            assert_eq!(st.presence, v1::PresenceStatus::Available as i32);
+            break;
+        }
+    }
+    let page = scrape(&metrics);
+    assert!(
+        sample(
+            &page,
+            "presence_fanout_log_handed_early_total{outcome=\"early\"}"
+        ) >= 1.0,
+        "{page}"
+    );
 }

@@ -151,7 +151,14 @@ fn refusal(code: u16, description: &str) -> Bytes {
         .into()
 }
 
-type Append<'a> = BoxFuture<'a, (Result<u64, String>, Vec<String>)>;
+/// An entry's append: where it was stored, who asked, the entry.
+struct Appended {
+    stored: Result<u64, String>,
+    replies: Vec<String>,
+    batch: v1::IngestBatch,
+}
+
+type Append<'a> = BoxFuture<'a, Appended>;
 
 impl Cluster {
     /// Consumes the ingest subjects until `shutdown`: admits the events of
@@ -199,7 +206,7 @@ impl Cluster {
                     }
                 } => {
                     in_flight = None;
-                    self.answer(r.0, r.1).await;
+                    self.appended(r).await;
                 }
                 // Without room, what arrives meanwhile waits in the fair
                 // backlog, not in the subscription's FIFO.
@@ -239,12 +246,12 @@ impl Cluster {
     /// Waits for the append in flight, then appends every pending entry.
     async fn flush(&self, st: &mut Admission, in_flight: &mut Option<Append<'_>>) {
         if let Some(f) = in_flight.take() {
-            let (stored, replies) = f.await;
-            self.answer(stored, replies).await;
+            let a = f.await;
+            self.appended(a).await;
         }
         while let Some(p) = st.pending.pop_front() {
-            let (stored, replies) = self.append_pending(p).await;
-            self.answer(stored, replies).await;
+            let a = self.append_pending(p).await;
+            self.appended(a).await;
         }
     }
 
@@ -351,8 +358,24 @@ impl Cluster {
         metrics::gauge!("presence_fanout_standby_events").set(st.standby.len() as f64);
     }
 
-    async fn append_pending(&self, p: Pending) -> (Result<u64, String>, Vec<String>) {
-        (self.append(&p.batch).await, p.replies)
+    /// Appends an entry, stamped with the time it was admitted ("now"
+    /// for its events, live and on replay).
+    async fn append_pending(&self, mut p: Pending) -> Appended {
+        p.batch.admitted_ms = self.params.clock.now_ms();
+        Appended {
+            stored: self.append(&p.batch).await,
+            replies: p.replies,
+            batch: p.batch,
+        }
+    }
+
+    /// Hands a stored entry to this node's shard owners at once and
+    /// answers its publishers.
+    async fn appended(&self, a: Appended) {
+        if let Ok(seq) = a.stored {
+            self.hand_out_appended(seq, a.batch);
+        }
+        self.answer(a.stored, a.replies).await;
     }
 
     /// Answers the publishers of one appended entry.

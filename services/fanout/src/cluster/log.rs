@@ -72,6 +72,29 @@ struct Parsed {
     malformed: usize,
 }
 
+/// The events of a batch's items, and how many items name no valid user.
+fn batch_events(items: Vec<v1::IngestItem>) -> (Vec<Logged>, usize) {
+    let mut events = Vec::with_capacity(items.len());
+    let mut malformed = 0;
+    for item in items {
+        let (Ok(domain), Ok(user)) = (DomainId::parse(&item.domain), UserId::parse(&item.user))
+        else {
+            malformed += 1;
+            continue;
+        };
+        let verdict = (!item.reply.is_empty()).then_some((item.reply, item.token));
+        events.push(Logged {
+            domain,
+            user,
+            event: item.event.into(),
+            admitted: verdict.is_none(),
+            verdict,
+            takeover: item.takeover,
+        });
+    }
+    (events, malformed)
+}
+
 /// Reads one log entry (None: no sequence, not a stream message).
 fn parse(m: &jetstream::Message, fallback_now: i64) -> Option<Parsed> {
     let info = m.info().ok()?;
@@ -87,23 +110,10 @@ fn parse(m: &jetstream::Message, fallback_now: i64) -> Option<Parsed> {
     if m.subject.as_str() == subjects::admitted() {
         match v1::IngestBatch::decode(m.payload.clone()) {
             Ok(b) => {
-                for item in b.items {
-                    let (Ok(domain), Ok(user)) =
-                        (DomainId::parse(&item.domain), UserId::parse(&item.user))
-                    else {
-                        out.malformed += 1;
-                        continue;
-                    };
-                    let verdict = (!item.reply.is_empty()).then_some((item.reply, item.token));
-                    out.events.push(Logged {
-                        domain,
-                        user,
-                        event: item.event.into(),
-                        admitted: verdict.is_none(),
-                        verdict,
-                        takeover: item.takeover,
-                    });
+                if b.admitted_ms > 0 {
+                    out.now_ms = b.admitted_ms;
                 }
+                (out.events, out.malformed) = batch_events(b.items);
             }
             Err(_) => out.malformed += 1,
         }
@@ -188,6 +198,47 @@ impl Cluster {
         let Some(p) = parse(&m, self.params.clock.now_ms()) else {
             return;
         };
+        let seq = p.seq;
+        for (inbox, entry) in self.split(p) {
+            // Waits while the shard catches up (bounded inbox).
+            let _ = inbox.send(entry).await;
+        }
+        self.position.fetch_max(seq, Ordering::Release);
+    }
+
+    /// Hands an entry this node just appended (`seq`, acknowledged) to
+    /// the tasks of its owned shards without waiting for the log reader
+    /// to read it back — one nats-server hop less between a device and
+    /// its watchers. Only when the reader has handed out every entry
+    /// before it (so it queues behind them, in log order) and only where
+    /// the shard's inbox has room; the reader hands it out again later,
+    /// and the owner skips what it already applied (`seq` ≤ covered).
+    pub(super) fn hand_out_appended(&self, seq: u64, batch: v1::IngestBatch) {
+        if self.position.load(Ordering::Acquire) + 1 < seq {
+            metrics::counter!("presence_fanout_log_handed_early_total", "outcome" => "behind")
+                .increment(1);
+            return;
+        }
+        let (events, malformed) = batch_events(batch.items);
+        let p = Parsed {
+            seq,
+            now_ms: batch.admitted_ms,
+            events,
+            malformed: 0,
+        };
+        debug_assert_eq!(malformed, 0, "admission appends valid ids only");
+        for (inbox, entry) in self.split(p) {
+            let outcome = match inbox.try_send(entry) {
+                Ok(()) => "early",
+                Err(_) => "full",
+            };
+            metrics::counter!("presence_fanout_log_handed_early_total", "outcome" => outcome)
+                .increment(1);
+        }
+    }
+
+    /// Splits a parsed entry by shard, for the shards this node owns.
+    fn split(&self, p: Parsed) -> Vec<(mpsc::Sender<Entry>, Entry)> {
         let mut by_shard: HashMap<usize, Vec<Logged>> = HashMap::new();
         for e in p.events {
             by_shard
@@ -195,29 +246,24 @@ impl Cluster {
                 .or_default()
                 .push(e);
         }
-        let inboxes: Vec<_> = {
-            let owned = lock(&self.owned);
-            // Counted once, by the owner of shard 0.
-            if p.malformed > 0 && owned.contains_key(&0) {
-                for _ in 0..p.malformed {
-                    rejected(RejectReason::Malformed, "malformed input log entry");
-                }
+        let owned = lock(&self.owned);
+        // Counted once, by the owner of shard 0.
+        if p.malformed > 0 && owned.contains_key(&0) {
+            for _ in 0..p.malformed {
+                rejected(RejectReason::Malformed, "malformed input log entry");
             }
-            by_shard
-                .into_iter()
-                .filter_map(|(n, events)| Some((owned.get(&n)?.inbox.clone(), events)))
-                .collect()
-        };
-        for (inbox, events) in inboxes {
-            let entry = Entry {
-                seq: p.seq,
-                now_ms: p.now_ms,
-                events,
-            };
-            // Waits while the shard catches up (bounded inbox).
-            let _ = inbox.send(entry).await;
         }
-        self.position.fetch_max(p.seq, Ordering::Release);
+        by_shard
+            .into_iter()
+            .filter_map(|(n, events)| {
+                let entry = Entry {
+                    seq: p.seq,
+                    now_ms: p.now_ms,
+                    events,
+                };
+                Some((owned.get(&n)?.inbox.clone(), entry))
+            })
+            .collect()
     }
 
     /// Applies one shard's events of a log entry (validated here: the log
