@@ -1,8 +1,8 @@
 //! The input log: the node's one reader of `PRESENCE_INGEST`, which
 //! hands each entry's events to the tasks of their shards if this node
 //! owns them, and the owner's application of a logged event (quota,
-//! validation, state machine, verdict) with the entry's log time as
-//! "now".
+//! validation, state machine, verdict) with the entry's time as "now"
+//! (when it was admitted, or else when it reached the log).
 //!
 //! An entry is an [`v1::IngestBatch`] on `presence.v1.admitted`: the
 //! events one node admitted together (see `admission`). Entries written
@@ -55,7 +55,8 @@ pub(super) struct Logged {
 pub(super) struct Entry {
     /// The entry's sequence in the log.
     pub seq: u64,
-    /// When the entry reached the log (ms since the epoch): "now" for
+    /// When the entry was admitted (`admitted_ms`), else when it reached
+    /// the log (ms since the epoch): "now" for
     /// every event in it, on the first owner and on any replay.
     pub now_ms: i64,
     /// This shard's events of the entry.
@@ -267,7 +268,7 @@ impl Cluster {
     }
 
     /// Applies one shard's events of a log entry (validated here: the log
-    /// holds raw ingest) with the entry's arrival time in the log as
+    /// holds raw ingest) with the entry's time (see [`Entry::now_ms`]) as
     /// "now", and sends the verdicts where the events ask.
     pub(super) async fn apply_entry(
         &self,
