@@ -205,6 +205,11 @@ async fn test_publish_and_filtered_get_presence() {
         .unwrap()
         .into_inner();
     assert_eq!(r.results[0].reason, R::IllegalTransition as i32);
+    // The detail is a sentence naming the call and the state at fault.
+    assert_eq!(
+        r.results[0].detail,
+        "call c1 has ended; it cannot become early"
+    );
     assert_eq!(
         state_of(&mut recep, "agent").await.unwrap().telephony,
         v1::TelephonyStatus::NoCall as i32

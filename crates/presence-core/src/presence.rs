@@ -142,6 +142,51 @@ pub enum Reject {
     TooMany,
 }
 
+/// A rejected event: why, and a sentence naming the value at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The reason.
+    pub reason: Reject,
+    /// What was wrong, e.g. "call c1 of device p1 cannot go from
+    /// confirmed to early".
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection for `reason` with `detail`.
+    pub fn new(reason: Reject, detail: impl Into<String>) -> Self {
+        Self {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+impl CallState {
+    /// The state's name in rejections ("trying", "early", …).
+    pub fn name(self) -> &'static str {
+        match self {
+            CallState::Trying => "trying",
+            CallState::Early => "early",
+            CallState::Confirmed => "confirmed",
+            CallState::Held => "held",
+            CallState::Terminated => "terminated",
+        }
+    }
+}
+
+/// Whether `t` is acceptable event text: at most [`MAX_TEXT`] bytes and
+/// no control characters.
+fn text_ok(t: &str) -> bool {
+    t.len() <= MAX_TEXT && !has_unsafe_chars(t)
+}
+
 /// Timeouts and bounds of the state machine.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -338,32 +383,56 @@ impl UserPresence {
         self.devices.values().map(|d| d.calls.len()).sum()
     }
 
-    /// Validates and applies one event. Returns whether the aggregate
-    /// changed (and so the version moved up by one). A rejected event
-    /// changes nothing.
-    pub fn apply(&mut self, ev: &Event, now_ms: i64, lim: &Limits) -> Result<bool, Reject> {
-        if ev.device.is_empty()
-            || ev.device.len() > MAX_TEXT
-            || ev.sequence == 0
-            || has_unsafe_chars(&ev.device)
-        {
-            return Err(Reject::Malformed);
+    /// Checks an event against the user's state without changing it.
+    fn validate(&self, ev: &Event, lim: &Limits) -> Result<(), Rejection> {
+        use Reject::*;
+        let bad_text = |what: &str, t: &str| {
+            Rejection::new(
+                Malformed,
+                format!("{what} {t:?} is longer than {MAX_TEXT} bytes or has control characters"),
+            )
+        };
+        if ev.device.is_empty() {
+            return Err(Rejection::new(Malformed, "the device id is empty"));
         }
-        let last = self
-            .devices
-            .get(&ev.device)
-            .map(|d| d.last_sequence)
-            .unwrap_or(0);
+        if !text_ok(&ev.device) {
+            return Err(bad_text("device id", &ev.device));
+        }
+        let dev = &ev.device;
+        if ev.sequence == 0 {
+            return Err(Rejection::new(
+                Malformed,
+                format!("sequence 0 of device {dev}: sequences start at 1"),
+            ));
+        }
+        let last = self.devices.get(dev).map(|d| d.last_sequence).unwrap_or(0);
         if ev.sequence <= last {
-            return Err(Reject::StaleSequence);
+            return Err(Rejection::new(
+                StaleSequence,
+                format!(
+                    "sequence {} of device {dev} is not above its last applied one, {last}",
+                    ev.sequence
+                ),
+            ));
         }
-        if !self.devices.contains_key(&ev.device) && self.devices.len() >= lim.max_devices {
-            return Err(Reject::TooMany);
+        if !self.devices.contains_key(dev) && self.devices.len() >= lim.max_devices {
+            return Err(Rejection::new(
+                TooMany,
+                format!(
+                    "device {dev} would be the user's device number {}, at most {} are kept",
+                    self.devices.len() + 1,
+                    lim.max_devices
+                ),
+            ));
         }
-        // Validate before touching anything.
         match &ev.kind {
             EventKind::Register { expires_s } if *expires_s == 0 || *expires_s > 86_400 => {
-                return Err(Reject::Malformed);
+                Err(Rejection::new(
+                    Malformed,
+                    format!(
+                        "registration of device {dev} expires in {expires_s} s, allowed 1 to 86400"
+                    ),
+                ))
             }
             EventKind::Call {
                 call_id,
@@ -372,43 +441,92 @@ impl UserPresence {
                 remote_name,
                 ..
             } => {
-                if call_id.is_empty()
-                    || call_id.len() > MAX_TEXT
-                    || remote_number.len() > MAX_TEXT
-                    || remote_name.len() > MAX_TEXT
-                    || [call_id, remote_number, remote_name]
-                        .into_iter()
-                        .any(|t| has_unsafe_chars(t))
-                {
-                    return Err(Reject::Malformed);
+                if call_id.is_empty() {
+                    return Err(Rejection::new(
+                        Malformed,
+                        format!("call event of device {dev} has an empty call id"),
+                    ));
                 }
-                let existing = self
-                    .devices
-                    .get(&ev.device)
-                    .and_then(|d| d.calls.get(call_id));
+                for (what, t) in [
+                    ("call id", call_id),
+                    ("remote number", remote_number),
+                    ("remote name", remote_name),
+                ] {
+                    if !text_ok(t) {
+                        return Err(bad_text(what, t));
+                    }
+                }
+                let existing = self.devices.get(dev).and_then(|d| d.calls.get(call_id));
                 match existing {
-                    Some(c) if !allowed(c.state, *state) => return Err(Reject::IllegalTransition),
-                    None if self.is_terminated(call_id) => return Err(Reject::IllegalTransition),
+                    Some(c) if !allowed(c.state, *state) => Err(Rejection::new(
+                        IllegalTransition,
+                        format!(
+                            "call {call_id} of device {dev} cannot go from {} to {}",
+                            c.state.name(),
+                            state.name()
+                        ),
+                    )),
+                    None if self.is_terminated(call_id) => Err(Rejection::new(
+                        IllegalTransition,
+                        format!(
+                            "call {call_id} has ended; it cannot become {}",
+                            state.name()
+                        ),
+                    )),
                     None if *state != CallState::Terminated
                         && self.call_count() >= lim.max_calls =>
                     {
-                        return Err(Reject::TooMany);
+                        Err(Rejection::new(
+                            TooMany,
+                            format!(
+                                "call {call_id} would be the user's call number {}, at most {} at once",
+                                self.call_count() + 1,
+                                lim.max_calls
+                            ),
+                        ))
                     }
-                    _ => {}
+                    _ => Ok(()),
                 }
             }
-            EventKind::ManualStatus(_, msg)
-                if msg.chars().count() > MAX_TEXT || has_unsafe_chars(msg) =>
-            {
-                return Err(Reject::Malformed);
+            EventKind::ManualStatus(_, msg) if msg.chars().count() > MAX_TEXT => {
+                Err(Rejection::new(
+                    Malformed,
+                    format!(
+                        "status message of {} characters, at most {MAX_TEXT}",
+                        msg.chars().count()
+                    ),
+                ))
             }
-            EventKind::QueueLogin { queue, .. }
-                if queue.is_empty() || queue.len() > MAX_TEXT || has_unsafe_chars(queue) =>
-            {
-                return Err(Reject::Malformed);
+            EventKind::ManualStatus(_, msg) if has_unsafe_chars(msg) => Err(Rejection::new(
+                Malformed,
+                format!("status message {msg:?} has control characters"),
+            )),
+            EventKind::QueueLogin { queue, .. } if queue.is_empty() => {
+                Err(Rejection::new(Malformed, "queue login names no queue"))
             }
-            _ => {}
+            EventKind::QueueLogin { queue, .. } if !text_ok(queue) => {
+                Err(bad_text("queue id", queue))
+            }
+            _ => Ok(()),
         }
+    }
+
+    /// Validates and applies one event. Returns whether the aggregate
+    /// changed (and so the version moved up by one). A rejected event
+    /// changes nothing.
+    pub fn apply(&mut self, ev: &Event, now_ms: i64, lim: &Limits) -> Result<bool, Reject> {
+        self.apply_explained(ev, now_ms, lim).map_err(|r| r.reason)
+    }
+
+    /// [`UserPresence::apply`], with a rejection's sentence naming the
+    /// value at fault.
+    pub fn apply_explained(
+        &mut self,
+        ev: &Event,
+        now_ms: i64,
+        lim: &Limits,
+    ) -> Result<bool, Rejection> {
+        self.validate(ev, lim)?;
         let mut remember: Vec<String> = Vec::new();
         let dev = self.devices.entry(ev.device.clone()).or_default();
         dev.last_sequence = ev.sequence;
@@ -677,6 +795,92 @@ mod tests {
             at_ms: 0,
             kind,
         }
+    }
+
+    #[test]
+    fn test_rejections_name_the_value_at_fault() {
+        use CallState::*;
+        use Direction::Inbound;
+        let lim = Limits {
+            max_devices: 2,
+            max_calls: 1,
+            ..Limits::default()
+        };
+        let mut u = UserPresence::new(0);
+        let detail = |u: &mut UserPresence, e: &Event| {
+            let r = u.apply_explained(e, 1_000, &lim).unwrap_err();
+            assert_eq!(u.apply(e, 1_000, &lim), Err(r.reason), "{e:?}");
+            (r.reason, r.detail)
+        };
+        assert_eq!(
+            u.apply(&call("p1", 5, "c1", Confirmed, Inbound), 1_000, &lim),
+            Ok(true)
+        );
+        let cases = [
+            (
+                call("p1", 6, "c1", Early, Inbound),
+                Reject::IllegalTransition,
+                "call c1 of device p1 cannot go from confirmed to early",
+            ),
+            (
+                ev("p1", 5, EventKind::Unregister),
+                Reject::StaleSequence,
+                "sequence 5 of device p1 is not above its last applied one, 5",
+            ),
+            (
+                call("p1", 7, "c2", Early, Inbound),
+                Reject::TooMany,
+                "call c2 would be the user's call number 2, at most 1 at once",
+            ),
+            (
+                ev("p1", 0, EventKind::Unregister),
+                Reject::Malformed,
+                "sequence 0 of device p1: sequences start at 1",
+            ),
+            (
+                ev("p1", 8, EventKind::Register { expires_s: 0 }),
+                Reject::Malformed,
+                "registration of device p1 expires in 0 s, allowed 1 to 86400",
+            ),
+            (
+                ev("", 1, EventKind::Unregister),
+                Reject::Malformed,
+                "the device id is empty",
+            ),
+        ];
+        for (e, reason, text) in cases {
+            assert_eq!(detail(&mut u, &e), (reason, text.to_owned()));
+        }
+        assert_eq!(
+            u.apply(&call("p1", 9, "c1", Terminated, Inbound), 1_000, &lim),
+            Ok(true)
+        );
+        assert_eq!(
+            detail(&mut u, &call("p1", 10, "c1", Confirmed, Inbound)),
+            (
+                Reject::IllegalTransition,
+                "call c1 has ended; it cannot become confirmed".to_owned()
+            )
+        );
+        assert_eq!(
+            u.apply(&ev("p2", 1, EventKind::Unregister), 1_000, &lim),
+            Ok(false)
+        );
+        assert_eq!(
+            detail(&mut u, &ev("p3", 1, EventKind::Unregister)),
+            (
+                Reject::TooMany,
+                "device p3 would be the user's device number 3, at most 2 are kept".to_owned()
+            )
+        );
+        let long = "x".repeat(MAX_TEXT + 1);
+        let (reason, text) = detail(&mut u, &ev(&long, 1, EventKind::Unregister));
+        assert_eq!(reason, Reject::Malformed);
+        assert!(
+            text.starts_with("device id \"xxx")
+                && text.ends_with("longer than 128 bytes or has control characters"),
+            "{text}"
+        );
     }
 
     #[test]

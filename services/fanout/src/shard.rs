@@ -7,7 +7,7 @@
 use crate::convert::state_to_proto;
 use crate::quota::Buckets;
 use presence_bus::{SharedBus, subjects};
-use presence_core::presence::{Aggregate, Event, Limits, Reject, UserPresence};
+use presence_core::presence::{Aggregate, Event, Limits, Reject, Rejection, UserPresence};
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
 use prost::Message;
 use std::collections::{BTreeSet, HashMap};
@@ -75,7 +75,7 @@ enum Command {
     Apply {
         key: UserKey,
         event: Event,
-        reply: oneshot::Sender<Result<bool, Reject>>,
+        reply: oneshot::Sender<Result<bool, Rejection>>,
     },
     Get {
         keys: Vec<UserKey>,
@@ -96,7 +96,7 @@ fn gone() -> ApiError {
 impl ShardHandle {
     /// Applies an event; waits for room when the inbox is full
     /// (backpressure on the publisher, never on watchers).
-    pub async fn apply(&self, key: UserKey, event: Event) -> ApiResult<Result<bool, Reject>> {
+    pub async fn apply(&self, key: UserKey, event: Event) -> ApiResult<Result<bool, Rejection>> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Apply { key, event, reply })
@@ -253,16 +253,22 @@ impl Shard {
         key: UserKey,
         event: &Event,
         now: i64,
-    ) -> Result<bool, Reject> {
+    ) -> Result<bool, Rejection> {
         if !self.admit(&key, &event.device, now) {
-            return Err(Reject::TooMany);
+            return Err(Rejection::new(
+                Reject::TooMany,
+                format!(
+                    "device {} is over its rate of {} events/s (burst {})",
+                    event.device, self.rate.per_second, self.rate.burst
+                ),
+            ));
         }
         let floor = self.floor;
         let u = self
             .users
             .entry(key.clone())
             .or_insert_with(|| UserPresence::new(floor));
-        let r = u.apply(event, now, &self.limits);
+        let r = u.apply_explained(event, now, &self.limits);
         if matches!(r, Ok(true)) {
             self.publish(&key).await;
         }

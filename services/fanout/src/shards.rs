@@ -46,7 +46,7 @@ impl Shards {
                     let h = &handles[shard::shard_index(&d, &u, handles.len())];
                     out.push(match h.apply((d, u), ev).await {
                         Ok(Ok(changed)) => applied(changed),
-                        Ok(Err(r)) => rejected(reject_reason(r), format!("{r:?}")),
+                        Ok(Err(r)) => rejected(reject_reason(r.reason), r.detail),
                         Err(e) => rejected(RejectReason::Unspecified, e.to_string()),
                     });
                 }

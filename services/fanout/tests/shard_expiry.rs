@@ -173,9 +173,15 @@ async fn test_publish_rate_per_device_is_limited() {
     // 100 ms later one token is back (10 per second).
     tokio::time::advance(Duration::from_millis(100)).await;
     assert!(h.apply(key.clone(), dnd("p1", 8)).await.unwrap().is_ok());
+    let r = h
+        .apply(key.clone(), dnd("p1", 9))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(r.reason, presence_core::presence::Reject::TooMany);
     assert_eq!(
-        h.apply(key.clone(), dnd("p1", 9)).await.unwrap(),
-        Err(presence_core::presence::Reject::TooMany)
+        r.detail,
+        "device p1 is over its rate of 10 events/s (burst 5)"
     );
     shutdown.cancel();
     tracker.close();

@@ -336,11 +336,11 @@ impl Cluster {
             Err(r) => r,
             Ok(ev) => match shard.apply((d.clone(), u.clone()), &ev, now).await {
                 Ok(changed) => applied(changed),
-                Err(Reject::StaleSequence) if e.takeover => {
+                Err(r) if r.reason == Reject::StaleSequence && e.takeover => {
                     metrics::counter!("presence_fanout_takeover_duplicates_total").increment(1);
                     return None;
                 }
-                Err(r) => rejected(reject_reason(r), format!("{r:?}")),
+                Err(r) => rejected(reject_reason(r.reason), r.detail),
             },
         })
     }
