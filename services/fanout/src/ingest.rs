@@ -2,6 +2,16 @@
 //! an event's shape, its user's existence, queue-login rights, who may
 //! publish for whom, the ingest subject's ids, and the counted verdicts
 //! (`presence_fanout_events_{in,applied,unchanged,rejected}_total`).
+//!
+//! The counters add up: every event received (a gRPC `Publish` item, a
+//! message on an ingest subject, malformed ones included) is counted in
+//! `events_in` once by the node that takes it, and ends as exactly one of
+//! `applied` (of which `unchanged` changed nothing), `rejected{reason}`
+//! or, for a copy appended again at a takeover,
+//! `presence_fanout_takeover_duplicates_total` (summed over a cluster's
+//! nodes: the verdict is counted by the shard's owner). Events shed from
+//! a full ingest backlog never count as received
+//! (`presence_fanout_ingest_shed_total`).
 
 use crate::convert::{event_from_proto, reject_label, reject_reason};
 use presence_auth::{Principal, rights};

@@ -234,7 +234,6 @@ impl Fanout {
         u: &UserId,
         e: &v1::DeviceEvent,
     ) -> Result<presence_core::presence::Event, v1::PublishResult> {
-        metrics::counter!("presence_fanout_events_in_total").increment(1);
         check_event(&self.inner.acl, d, u, e).await
     }
 
@@ -257,6 +256,7 @@ impl Fanout {
         let mut results: Vec<Option<v1::PublishResult>> = vec![None; req.events.len()];
         let mut valid = Vec::new();
         let mut slots = Vec::new();
+        metrics::counter!("presence_fanout_events_in_total").increment(req.events.len() as u64);
         for (i, e) in req.events.into_iter().enumerate() {
             let (Ok(d), Ok(u)) = (DomainId::parse(&e.domain), UserId::parse(&e.user)) else {
                 results[i] = Some(rejected(
@@ -527,6 +527,7 @@ impl Fanout {
             let Some(m) = inlet.next_or_shutdown(&shutdown).await else {
                 return;
             };
+            metrics::counter!("presence_fanout_events_in_total").increment(1);
             let mut e = match v1::DeviceEvent::decode(m.payload) {
                 Ok(e) => e,
                 Err(err) => {

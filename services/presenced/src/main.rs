@@ -245,7 +245,13 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         let addr: std::net::SocketAddr = cfg.metrics_listen.parse()?;
         let (recorder, exporter) = metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
-            .build()?;
+            .build()
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "metrics_listen {addr}: {e} (set metrics_listen / --metrics-listen / \
+                     PRESENCE_METRICS_LISTEN to a free address, or to \"\" to serve no metrics)"
+                )
+            })?;
         metrics::set_global_recorder(recorder)?;
         let stop = shutdown.clone();
         tracker.spawn(async move {
@@ -260,7 +266,12 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
         Ok(n) => tracing::info!(limit = ?n, "open files limit"),
         Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
     }
-    let listener = tokio::net::TcpListener::bind(cfg.listen_addr()?).await?;
+    let addr = cfg.listen_addr()?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        anyhow::anyhow!(
+            "listen {addr}: {e} (set listen / --listen / PRESENCE_LISTEN to a free address)"
+        )
+    })?;
     let server = Server::build(cfg).await?;
     let stop = shutdown.clone();
     // Also ends when the server stops on its own (an applier that cannot

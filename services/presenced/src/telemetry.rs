@@ -8,6 +8,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+/// Whether text logs are coloured: only on a terminal, and never when
+/// `NO_COLOR` is set to anything but the empty string (no-color.org).
+pub fn colour(stderr_is_terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    stderr_is_terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Keeps the trace provider alive; call [`Telemetry::shutdown`] at exit
 /// to flush pending spans.
 pub struct Telemetry {
@@ -25,7 +31,13 @@ impl Telemetry {
                 .with_writer(std::io::stderr)
                 .boxed()
         } else {
+            use std::io::IsTerminal;
+            let colour = colour(
+                std::io::stderr().is_terminal(),
+                std::env::var_os("NO_COLOR").as_deref(),
+            );
             tracing_subscriber::fmt::layer()
+                .with_ansi(colour)
                 .with_writer(std::io::stderr)
                 .boxed()
         };
@@ -63,5 +75,20 @@ impl Telemetry {
         {
             eprintln!("trace provider shutdown: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::colour;
+    use std::ffi::OsStr;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some(OsStr::new(""))));
+        assert!(!colour(true, Some(OsStr::new("1"))));
+        assert!(!colour(false, None));
+        assert!(!colour(false, Some(OsStr::new(""))));
     }
 }

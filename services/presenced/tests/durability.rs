@@ -292,6 +292,39 @@ async fn test_environment_overrides_file_and_flags_override_environment() {
     assert!(!tmp.path().join("env-data").exists());
 }
 
+/// A second server on a taken address names the setting and the
+/// address; its log, written to a pipe, has no colour codes.
+#[test]
+fn test_taken_addresses_are_named_and_piped_logs_have_no_colour() {
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let run = |listen: &str, metrics: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_presenced"))
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info")
+            .args(["--listen", listen, "--metrics-listen", metrics])
+            .arg("--data-dir")
+            .arg(tmp.path().join("data"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run("127.0.0.1:0", &addr);
+    assert!(err.contains(&format!("metrics_listen {addr}")), "{err}");
+    let err = run(&addr, "");
+    assert!(err.contains(&format!("listen {addr}")), "{err}");
+    assert!(
+        err.contains("open files limit"),
+        "a log line came first: {err}"
+    );
+    assert!(
+        !err.contains('\x1b'),
+        "colour codes in a piped log: {err:?}"
+    );
+}
+
 #[tokio::test]
 async fn test_prometheus_metrics_endpoint() {
     use std::io::{Read, Write};
@@ -347,14 +380,14 @@ async fn test_prometheus_metrics_endpoint() {
     let r = admin
         .presence
         .publish(v1::PublishRequest {
-            events: vec![reg("1001"), reg("ghost")],
+            events: vec![reg("1001"), reg("ghost"), reg("not an id")],
         })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(
         r.results.iter().map(|x| x.accepted).collect::<Vec<_>>(),
-        vec![true, false]
+        vec![true, false, false]
     );
     let mut s = std::net::TcpStream::connect(&metrics).unwrap();
     s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
@@ -373,4 +406,14 @@ async fn test_prometheus_metrics_endpoint() {
         body.contains("presence_rpc_errors_total{rpc=\"login\"} 1"),
         "{body}"
     );
+    // The fanout counters add up: three events in, one applied, one
+    // unknown user, one malformed.
+    for line in [
+        "presence_fanout_events_in_total 3",
+        "presence_fanout_events_applied_total 1",
+        "presence_fanout_events_rejected_total{reason=\"unknown_user\"} 1",
+        "presence_fanout_events_rejected_total{reason=\"malformed\"} 1",
+    ] {
+        assert!(body.lines().any(|l| l == line), "{line} missing in {body}");
+    }
 }

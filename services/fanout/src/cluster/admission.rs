@@ -271,6 +271,7 @@ impl Cluster {
                 continue;
             }
             taken += 1;
+            metrics::counter!("presence_fanout_events_in_total").increment(1);
             if quota.admit(&s.domain, now) {
                 st.push(&s.domain, &s.user, &s.payload, s.reply, true);
             } else {
