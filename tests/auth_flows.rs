@@ -527,3 +527,62 @@ async fn test_change_password_and_issue_tokens() {
         Code::Unauthenticated,
     );
 }
+
+/// Repeated failed logins for one account are throttled after five:
+/// `ResourceExhausted` with a `retry-after`, for an unknown account
+/// exactly as for a real one, and even with the right password; another
+/// account is not affected.
+#[tokio::test]
+async fn test_failed_logins_are_throttled_without_revealing_accounts() {
+    let sb = setup().await;
+    let mut anon = sb.client(None).await;
+    for user in ["1001", "9999"] {
+        for _ in 0..5 {
+            let m = assert_code(
+                anon.auth
+                    .login(login("acme", user, "wrong password", None))
+                    .await,
+                Code::Unauthenticated,
+            );
+            assert_eq!(m, "invalid credentials");
+        }
+    }
+    let mut answers = Vec::new();
+    for (user, pw) in [("1001", PW), ("1001", "wrong password"), ("9999", PW)] {
+        let s = anon
+            .auth
+            .login(login("acme", user, pw, None))
+            .await
+            .unwrap_err();
+        assert_eq!(s.code(), Code::ResourceExhausted, "{user}: {s:?}");
+        let secs: u64 = s
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or_else(|| panic!("no retry-after: {s:?}"));
+        assert!((1..=300).contains(&secs), "{secs}");
+        answers.push(s.message().replace(&secs.to_string(), "N"));
+    }
+    // Real and unknown accounts get the same answer.
+    assert!(answers.iter().all(|m| m == &answers[0]), "{answers:?}");
+    assert_eq!(
+        answers[0],
+        "too many failed logins for this account or address; retry after N s"
+    );
+    // Another account (from the same address, far below its limit) logs
+    // in.
+    user(
+        &mut sb.admin.clone(),
+        "acme",
+        "1004",
+        NewUser {
+            password: Some(PW),
+            ..Default::default()
+        },
+    )
+    .await;
+    anon.auth
+        .login(login("acme", "1004", PW, None))
+        .await
+        .unwrap();
+}

@@ -35,6 +35,16 @@ pub enum ApiError {
     /// A configured limit was reached.
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A limit that lifts by itself was reached: `ResourceExhausted`,
+    /// with a `retry-after` (seconds) the client should wait.
+    #[error("{message}")]
+    RetryLater {
+        /// What was refused and when to retry, e.g. "too many failed
+        /// logins; retry after 8 s".
+        message: String,
+        /// Seconds to wait before trying again (at least 1).
+        retry_after_secs: u64,
+    },
     /// A dependency (storage, bus) is not available right now.
     #[error("{0}")]
     Unavailable(String),
@@ -70,7 +80,7 @@ impl ApiError {
             Self::FailedPrecondition(_) => "FAILED_PRECONDITION",
             Self::PermissionDenied(_) => "PERMISSION_DENIED",
             Self::Unauthenticated(_) => "UNAUTHENTICATED",
-            Self::ResourceExhausted(_) => "RESOURCE_EXHAUSTED",
+            Self::ResourceExhausted(_) | Self::RetryLater { .. } => "RESOURCE_EXHAUSTED",
             Self::Unavailable(_) => "UNAVAILABLE",
             Self::Internal(_) => "INTERNAL",
         }
@@ -106,6 +116,7 @@ impl ApiError {
             | Self::ResourceExhausted(m)
             | Self::Unavailable(m)
             | Self::Internal(m) => m,
+            Self::RetryLater { message, .. } => message,
         }
     }
 

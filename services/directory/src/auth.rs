@@ -94,7 +94,25 @@ impl Directory {
         req: v1::LoginRequest,
         peer: Option<std::net::SocketAddr>,
     ) -> ApiResult<v1::LoginResponse> {
+        let ip = peer.map(|a| a.ip());
+        let now = tokio::time::Instant::now();
+        if let Err(t) = self.throttle().check(&req.domain, &req.user, ip, now) {
+            metrics::counter!("presence_logins_total", "result" => "throttled").increment(1);
+            metrics::counter!(
+                "presence_login_throttled_total",
+                "by" => if t.account { "account" } else { "address" }
+            )
+            .increment(1);
+            let secs = t.wait.as_secs_f64().ceil().max(1.0) as u64;
+            return Err(ApiError::RetryLater {
+                message: format!(
+                    "too many failed logins for this account or address; retry after {secs} s"
+                ),
+                retry_after_secs: secs,
+            });
+        }
         let failed = |reason: &'static str| {
+            self.throttle().failed(&req.domain, &req.user, ip, now);
             metrics::counter!("presence_logins_total", "result" => "failed").increment(1);
             // The names as given (bounded, control characters escaped by
             // Debug), never the password.
@@ -143,6 +161,8 @@ impl Directory {
             failed("wrong password");
             return Err(invalid_credentials());
         }
+        // The right password: the account's failures are forgiven.
+        self.throttle().succeeded(&req.domain, &req.user);
         if kind_of(&u) != UserKind::Person || !scope_of(&u).has(Capability::Portal) {
             failed("no portal access");
             return Err(ApiError::denied(format!(

@@ -39,6 +39,7 @@ pub mod search;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+pub mod throttle;
 mod users;
 
 pub use auth::StoreValidator;

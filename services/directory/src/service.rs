@@ -38,6 +38,8 @@ pub struct DirectoryConfig {
     /// needs one is answered `ResourceExhausted` at once. Logins need no
     /// token, so this is what bounds an anonymous caller's memory.
     pub hash_queue: usize,
+    /// Login throttling per account and per source address.
+    pub login_throttle: crate::throttle::ThrottleConfig,
 }
 
 impl Default for DirectoryConfig {
@@ -49,6 +51,7 @@ impl Default for DirectoryConfig {
             hash_cost: HashCost::default(),
             hash_concurrency: default_hash_concurrency(),
             hash_queue: 32,
+            login_throttle: crate::throttle::ThrottleConfig::default(),
         }
     }
 }
@@ -93,6 +96,8 @@ struct Inner {
     dummy_hash: String,
     /// The threads that compute password hashes.
     hashers: crate::hashing::HashPool,
+    /// Failed logins per account and per source address.
+    throttle: crate::throttle::LoginThrottle,
     /// The replicated log, when there is one.
     replica: std::sync::OnceLock<crate::replica::Replica>,
     /// Serializes this node's replicated writes.
@@ -153,6 +158,7 @@ impl Directory {
                 bus,
                 signer,
                 hashers: crate::hashing::HashPool::new(cfg.hash_concurrency, cfg.hash_queue)?,
+                throttle: crate::throttle::LoginThrottle::new(cfg.login_throttle),
                 cfg,
                 dummy_hash,
                 replica: std::sync::OnceLock::new(),
@@ -181,6 +187,11 @@ impl Directory {
     /// Returns the store (for the session validator and tests).
     pub fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// Returns the login throttle.
+    pub(crate) fn throttle(&self) -> &crate::throttle::LoginThrottle {
+        &self.inner.throttle
     }
 
     /// Returns the token signer.

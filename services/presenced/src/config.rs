@@ -106,6 +106,17 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     /// Password hashes waiting for a slot; beyond, `ResourceExhausted`.
     pub password_hash_queue: usize,
+    /// Failed logins per account (domain and user as given, existing or
+    /// not) before each further attempt waits 1 s, 2 s, 4 s… after the
+    /// previous failure; 0: accounts are not throttled.
+    pub login_free_failures_per_account: u32,
+    /// Failed logins per source address (IPv4, or IPv6 /64) before
+    /// attempts from it are delayed the same way; 0: not throttled.
+    pub login_free_failures_per_address: u32,
+    /// Failed logins older than this are forgotten, seconds.
+    pub login_failure_window_secs: u64,
+    /// Longest delay between two attempts once throttled, seconds.
+    pub login_max_delay_secs: u64,
 }
 
 impl Default for Config {
@@ -148,6 +159,10 @@ impl Default for Config {
             request_timeout_secs: 30,
             password_hash_concurrency: presence_directory::service::default_hash_concurrency(),
             password_hash_queue: 32,
+            login_free_failures_per_account: 5,
+            login_free_failures_per_address: 50,
+            login_failure_window_secs: 900,
+            login_max_delay_secs: 300,
         }
     }
 }
@@ -191,6 +206,10 @@ pub const ENV_KEYS: &[&str] = &[
     "request_timeout_secs",
     "password_hash_concurrency",
     "password_hash_queue",
+    "login_free_failures_per_account",
+    "login_free_failures_per_address",
+    "login_failure_window_secs",
+    "login_max_delay_secs",
 ];
 
 /// Values given as command-line flags; unset ones do not override.
@@ -305,7 +324,7 @@ impl Config {
                     .into(),
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 24] = [
+        let ranges: [(&str, u64, u64, u64); 28] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -410,6 +429,25 @@ impl Config {
                 0,
                 100_000,
             ),
+            (
+                "login_free_failures_per_account",
+                u64::from(self.login_free_failures_per_account),
+                0,
+                1000,
+            ),
+            (
+                "login_free_failures_per_address",
+                u64::from(self.login_free_failures_per_address),
+                0,
+                1_000_000,
+            ),
+            (
+                "login_failure_window_secs",
+                self.login_failure_window_secs,
+                1,
+                7 * 86_400,
+            ),
+            ("login_max_delay_secs", self.login_max_delay_secs, 1, 86_400),
         ];
         for (name, v, lo, hi) in ranges {
             if v < lo || v > hi {

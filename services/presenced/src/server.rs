@@ -204,6 +204,12 @@ impl Server {
             welcome_ttl: Duration::from_secs(cfg.welcome_ttl_secs),
             hash_concurrency: cfg.password_hash_concurrency,
             hash_queue: cfg.password_hash_queue,
+            login_throttle: presence_directory::throttle::ThrottleConfig {
+                free_per_account: cfg.login_free_failures_per_account,
+                free_per_address: cfg.login_free_failures_per_address,
+                window: Duration::from_secs(cfg.login_failure_window_secs),
+                max_delay: Duration::from_secs(cfg.login_max_delay_secs),
+            },
             ..DirectoryConfig::default()
         };
         let directory = Directory::new(store.clone(), bus.clone(), signer.clone(), dcfg)
