@@ -1,5 +1,6 @@
 //! presencectl against a real server on loopback: tables, --json,
-//! one-line errors with a non-zero exit, login and the policy commands.
+//! one-line errors with a non-zero exit, login and the policy commands,
+//! and live presence (get, watch, publish).
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -247,6 +248,101 @@ async fn test_presencectl_end_to_end() {
             .output()
             .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("acme/1001"));
+    })
+    .await
+    .unwrap();
+    shutdown.cancel();
+    handle.await.unwrap().unwrap();
+}
+
+/// `presence publish` drives a user's lamp, `presence get` reads it and
+/// `presence watch` follows it (NDJSON with --json, one line per change
+/// on a pipe); a rejected event is a one-line error naming the value at
+/// fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_presencectl_presence_get_watch_publish() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: tmp.path().to_path_buf(),
+        metrics_listen: String::new(),
+        ..Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let server = Server::build(cfg).await.unwrap();
+    let token = std::fs::read_to_string(tmp.path().join("bootstrap-admin.token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn(server.run(listener, shutdown.clone()));
+    let ctl = Ctl {
+        url,
+        token,
+        home: tempfile::tempdir().unwrap(),
+    };
+    tokio::task::spawn_blocking(move || {
+        ctl.ok(&["domains", "create", "acme"]);
+        ctl.ok(&["users", "create", "-d", "acme", "1001", "--first-name", "Jack"]);
+        let pub_ = |args: &[&str]| {
+            let mut a = vec!["presence", "publish", "-d", "acme", "--user", "1001"];
+            a.extend_from_slice(args);
+            ctl.run(&a)
+        };
+        let (ok, out, err) = pub_(&["--device", "d1", "--seq", "1", "register"]);
+        assert!(ok, "{err}");
+        assert!(out.contains("accepted"), "{out}");
+        let got = ctl.ok(&["presence", "get", "-d", "acme", "1001", "nobody"]);
+        let row = got.lines().find(|l| l.starts_with("1001")).unwrap();
+        assert!(row.contains("available") && row.contains("no-call"), "{got}");
+        assert!(got.lines().any(|l| l.starts_with("nobody") && l.contains("not visible")), "{got}");
+        let json = ctl.ok(&["presence", "get", "-d", "acme", "1001", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["states"][0]["presence"], "available", "{json}");
+
+        // A watch in another process: the snapshot, then one change.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_presencectl"))
+            .env("PRESENCE_URL", &ctl.url)
+            .env("PRESENCE_TOKEN", &ctl.token)
+            .env("HOME", ctl.home.path())
+            .args(["presence", "watch", "-d", "acme", "--watcher", "1001"])
+            .args(["--targets", "1001", "--json", "--count", "2"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut next = || -> serde_json::Value {
+            serde_json::from_str(&lines.next().expect("watch ended").unwrap()).unwrap()
+        };
+        let first = next();
+        assert_eq!((first["event"].as_str(), first["presence"].as_str()), (Some("state"), Some("available")), "{first}");
+        assert_eq!(next()["event"], "snapshot_done");
+        let (ok, _, err) = pub_(&["--device", "d1", "--seq", "2", "ring", "--from", "+15550100", "--name", "Rita"]);
+        assert!(ok, "{err}");
+        let ringing = next();
+        assert_eq!(ringing["telephony"], "ringing", "{ringing}");
+        assert_eq!(ringing["calls"][0]["remote_number"], "+15550100", "{ringing}");
+        assert!(ringing["version"].as_u64() > first["version"].as_u64());
+        // --count 2: the watch exits by itself after the second state.
+        assert!(child.wait().unwrap().success());
+
+        // On a pipe (not a terminal), one line per change.
+        let lines = ctl.ok(&["presence", "watch", "-d", "acme", "--watcher", "1001", "--targets", "1001", "--count", "1"]);
+        assert!(lines.lines().any(|l| l.starts_with("1001") && l.contains("ringing") && l.contains("from Rita <+15550100>")), "{lines}");
+        assert!(!lines.contains('\x1b'), "no redraw codes on a pipe: {lines:?}");
+
+        // A stale sequence is refused with the detail.
+        let (ok, _, err) = pub_(&["--device", "d1", "--seq", "2", "hangup"]);
+        assert!(!ok);
+        assert_eq!(
+            err.trim(),
+            "error: rejected: stale-sequence: sequence 2 of device d1 is not above its last applied one, 2"
+        );
+        // A watch needs exactly one selection.
+        let (ok, _, err) = ctl.run(&["presence", "watch", "-d", "acme", "--everyone", "--monitored"]);
+        assert!(!ok && err.contains("cannot be used with"), "{err}");
     })
     .await
     .unwrap();

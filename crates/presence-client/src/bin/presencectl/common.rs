@@ -179,26 +179,7 @@ impl Out {
             println!("{s}");
             return Ok(());
         }
-        let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-        for r in &rows {
-            for (i, c) in r.iter().enumerate() {
-                if i < widths.len() {
-                    widths[i] = widths[i].max(c.chars().count());
-                }
-            }
-        }
-        let line = |cells: Vec<String>| {
-            let s: Vec<String> = cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{:w$}", c, w = widths.get(i).copied().unwrap_or(0)))
-                .collect();
-            println!("{}", s.join("  ").trim_end());
-        };
-        line(headers.iter().map(|h| h.to_uppercase()).collect());
-        for r in rows {
-            line(r);
-        }
+        print!("{}", render_table(headers, rows));
         Ok(())
     }
 
@@ -209,6 +190,33 @@ impl Out {
             println!("{what}");
         }
     }
+}
+
+/// A table: upper-case headers, columns padded to their widest cell.
+pub(crate) fn render_table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{:w$}", c, w = widths.get(i).copied().unwrap_or(0)))
+            .collect();
+        out.push_str(s.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(headers.iter().map(|h| h.to_uppercase()).collect());
+    for r in rows {
+        line(r);
+    }
+    out
 }
 
 pub(crate) fn scope_name(v: i32) -> String {
