@@ -210,6 +210,7 @@ async fn test_nats_bus_contract() {
         subscription_capacity: 1024,
         connection_name: "contract".into(),
         connect_timeout: Duration::from_secs(5),
+        security: Default::default(),
     })
     .await
     .unwrap();
@@ -230,6 +231,7 @@ async fn test_nats_connect_failure_is_unavailable() {
         subscription_capacity: 16,
         connection_name: "nowhere".into(),
         connect_timeout: Duration::from_millis(500),
+        security: Default::default(),
     })
     .await;
     assert!(matches!(r, Err(presence_bus::BusError::Unavailable(_))));

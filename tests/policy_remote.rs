@@ -55,6 +55,7 @@ async fn test_remote_acl_view_follows_policy_over_nats() {
             subscription_capacity: 1024,
             connection_name: "fanout-under-test".into(),
             connect_timeout: Duration::from_secs(5),
+            security: Default::default(),
         })
         .await
         .unwrap(),

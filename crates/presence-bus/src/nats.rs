@@ -31,6 +31,37 @@ pub struct NatsConfig {
     pub connection_name: String,
     /// How long to wait for the first connection.
     pub connect_timeout: Duration,
+    /// TLS and credentials.
+    pub security: NatsSecurity,
+}
+
+/// How the bus proves who it is to NATS and checks the server: TLS with
+/// a custom CA and a client certificate, and credentials (a `.creds`
+/// file of a decentralized-auth user, or an nkey seed). User and
+/// password or a token go in the URL (`nats://user:password@host`).
+#[derive(Debug, Clone, Default)]
+pub struct NatsSecurity {
+    /// PEM file of the CA(s) the server's certificate must chain to
+    /// (default: the system's roots). Setting it requires TLS.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for servers that verify clients (`verify:
+    /// true`); needs `key_file`.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of `cert_file`.
+    pub key_file: Option<std::path::PathBuf>,
+    /// A NATS credentials file (user JWT and nkey seed, as `nsc`
+    /// writes).
+    pub creds_file: Option<std::path::PathBuf>,
+    /// A file holding an nkey seed (`SU…`), for servers whose users are
+    /// nkeys.
+    pub nkey_file: Option<std::path::PathBuf>,
+}
+
+impl NatsSecurity {
+    /// Whether TLS is required whatever the URL says.
+    fn requires_tls(&self) -> bool {
+        self.ca_file.is_some() || self.cert_file.is_some()
+    }
 }
 
 impl NatsBus {
@@ -114,14 +145,71 @@ where
                 _ => {}
             }
         }
+        let sec = &cfg.security;
+        if let Some(ca) = &sec.ca_file {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        match (&sec.cert_file, &sec.key_file) {
+            (Some(c), Some(k)) => opts = opts.add_client_certificate(c.clone(), k.clone()),
+            (None, None) => {}
+            _ => {
+                return Err(BusError::Unavailable(
+                    "a NATS client certificate needs both its certificate and its key file".into(),
+                ));
+            }
+        }
+        if sec.requires_tls() || servers.iter().any(|s| s.tls_required()) {
+            opts = opts.require_tls(true);
+        }
+        if sec.creds_file.is_some() && sec.nkey_file.is_some() {
+            return Err(BusError::Unavailable(
+                "give a NATS credentials file or an nkey seed file, not both".into(),
+            ));
+        }
+        if let Some(f) = &sec.creds_file {
+            opts = opts.credentials_file(f).await.map_err(|e| {
+                BusError::Unavailable(format!("NATS credentials file {}: {e}", f.display()))
+            })?;
+        }
+        if let Some(f) = &sec.nkey_file {
+            let seed = std::fs::read_to_string(f).map_err(|e| {
+                BusError::Unavailable(format!("NATS nkey seed file {}: {e}", f.display()))
+            })?;
+            opts = opts.nkey(seed.trim().to_owned());
+        }
         opts.name(name)
             .subscription_capacity(cfg.subscription_capacity.max(1))
             .connection_timeout(cfg.connect_timeout)
             .event_callback(events)
             .connect(servers)
             .await
-            .map_err(|e| BusError::Unavailable(format!("connect to {}: {e}", cfg.url)))
+            .map_err(|e| {
+                BusError::Unavailable(format!("connect to NATS at {}: {e}", redact(&cfg.url)))
+            })
     }
+}
+
+/// A server list with passwords and tokens replaced by `***`, for
+/// messages and logs.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|s| match s.split_once("://") {
+            Some((scheme, rest)) => match rest.split_once('@') {
+                Some((cred, host)) => {
+                    let user = cred.split_once(':').map_or("***", |(u, _)| u);
+                    let cred = if cred.contains(':') {
+                        format!("{user}:***")
+                    } else {
+                        "***".to_owned()
+                    };
+                    format!("{scheme}://{cred}@{host}")
+                }
+                None => s.to_owned(),
+            },
+            None => s.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Parses `nats://a:4222,nats://b:4222,…` (or `host:port` items) into
@@ -241,5 +329,19 @@ impl Bus for NatsBus {
 
     fn kind(&self) -> &'static str {
         "nats"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_and_tokens_never_reach_a_message() {
+        assert_eq!(
+            redact("nats://presenced:s3cret@a:4222,tls://tok@b:4222,nats://c:4222"),
+            "nats://presenced:***@a:4222,tls://***@b:4222,nats://c:4222"
+        );
+        assert_eq!(redact("127.0.0.1:4222"), "127.0.0.1:4222");
     }
 }

@@ -7,6 +7,7 @@
 //! (Debian's `nats-server` package; the README's test command installs
 //! it). [`Rng`] is the seeded generator of the property tests.
 
+pub mod pki;
 pub mod rng;
 
 pub use rng::Rng;
@@ -143,7 +144,7 @@ fn spawn(dir: &Path, port: u16) -> (Child, String) {
         if let Ok(text) = std::fs::read_to_string(&ports_file)
             && let Ok(v) = serde_json::from_str::<serde_json::Value>(&text)
             && let Some(url) = v["nats"][0].as_str()
-            && std::net::TcpStream::connect(url.trim_start_matches("nats://")).is_ok()
+            && std::net::TcpStream::connect(url.split_once("://").map_or(url, |(_, a)| a)).is_ok()
         {
             return (child, url.to_owned());
         }

@@ -23,6 +23,7 @@ async fn connect(cfg: &Config) -> anyhow::Result<async_nats::Client> {
         subscription_capacity: 64,
         connection_name: "presenced backup".into(),
         connect_timeout: Duration::from_secs(5),
+        security: cfg.nats_security(),
     })
     .await?;
     let client = nb.client().clone();

@@ -22,6 +22,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// NATS server URL(s); empty means the in-process bus.
     pub nats_url: String,
+    /// PEM file of the CA the NATS servers' certificates chain to (empty:
+    /// the system's roots); setting it requires TLS.
+    pub nats_tls_ca_file: String,
+    /// PEM client certificate for NATS servers that verify clients.
+    pub nats_tls_cert_file: String,
+    /// PEM private key of `nats_tls_cert_file`.
+    pub nats_tls_key_file: String,
+    /// NATS credentials file (user JWT and seed, as `nsc` writes it).
+    pub nats_creds_file: String,
+    /// File holding the nkey seed of this node's NATS user.
+    pub nats_nkey_file: String,
     /// Roles of this process.
     pub roles: Vec<String>,
     /// Prometheus metrics listen address; empty disables the endpoint.
@@ -125,6 +136,11 @@ impl Default for Config {
             listen: "127.0.0.1:50051".into(),
             data_dir: PathBuf::from("./data"),
             nats_url: String::new(),
+            nats_tls_ca_file: String::new(),
+            nats_tls_cert_file: String::new(),
+            nats_tls_key_file: String::new(),
+            nats_creds_file: String::new(),
+            nats_nkey_file: String::new(),
             roles: ROLES.iter().map(|s| s.to_string()).collect(),
             metrics_listen: "127.0.0.1:9464".into(),
             log_format: "text".into(),
@@ -172,6 +188,11 @@ pub const ENV_KEYS: &[&str] = &[
     "listen",
     "data_dir",
     "nats_url",
+    "nats_tls_ca_file",
+    "nats_tls_cert_file",
+    "nats_tls_key_file",
+    "nats_creds_file",
+    "nats_nkey_file",
     "roles",
     "metrics_listen",
     "log_format",
@@ -293,9 +314,37 @@ impl Config {
             presence_bus::nats::parse_servers(&self.nats_url).map_err(|e| {
                 ConfigError(format!(
                     "nats_url {:?} is not a list of NATS URLs: {e}",
-                    self.nats_url
+                    presence_bus::nats::redact(&self.nats_url)
                 ))
             })?;
+        }
+        let files = [
+            ("nats_tls_ca_file", &self.nats_tls_ca_file),
+            ("nats_tls_cert_file", &self.nats_tls_cert_file),
+            ("nats_tls_key_file", &self.nats_tls_key_file),
+            ("nats_creds_file", &self.nats_creds_file),
+            ("nats_nkey_file", &self.nats_nkey_file),
+        ];
+        for (name, f) in files {
+            if f.is_empty() {
+                continue;
+            }
+            if self.nats_url.is_empty() {
+                return Err(ConfigError(format!("{name} is set but nats_url is not")));
+            }
+            if !std::path::Path::new(f).is_file() {
+                return Err(ConfigError(format!("{name} {f:?} is not a readable file")));
+            }
+        }
+        if self.nats_tls_cert_file.is_empty() != self.nats_tls_key_file.is_empty() {
+            return Err(ConfigError(
+                "nats_tls_cert_file and nats_tls_key_file go together".into(),
+            ));
+        }
+        if !self.nats_creds_file.is_empty() && !self.nats_nkey_file.is_empty() {
+            return Err(ConfigError(
+                "set nats_creds_file or nats_nkey_file, not both".into(),
+            ));
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             return Err(ConfigError(format!(
@@ -496,6 +545,18 @@ impl Config {
         std::fs::write(&tmp, format!("{id}\n"))?;
         std::fs::rename(&tmp, &path)?;
         Ok(id)
+    }
+
+    /// The TLS and credential files of the NATS connection.
+    pub fn nats_security(&self) -> presence_bus::nats::NatsSecurity {
+        let path = |s: &str| (!s.is_empty()).then(|| PathBuf::from(s));
+        presence_bus::nats::NatsSecurity {
+            ca_file: path(&self.nats_tls_ca_file),
+            cert_file: path(&self.nats_tls_cert_file),
+            key_file: path(&self.nats_tls_key_file),
+            creds_file: path(&self.nats_creds_file),
+            nkey_file: path(&self.nats_nkey_file),
+        }
     }
 
     /// Returns the parsed listen address.

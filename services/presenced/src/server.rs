@@ -135,6 +135,7 @@ impl Server {
                 subscription_capacity: cfg.bus_capacity,
                 connection_name: format!("presenced {}", cfg.roles.join(",")),
                 connect_timeout: Duration::from_secs(5),
+                security: cfg.nats_security(),
             };
             let nb = NatsBus::connect(&nc).await?;
             let client = nb.client().clone();

@@ -557,3 +557,103 @@ async fn test_an_owner_applies_what_it_admitted_without_reading_it_back() {
         "{page}"
     );
 }
+
+/// A node reaches a nats-server that requires TLS with client
+/// certificates signed by its own CA and an nkey user: with the CA, its
+/// client certificate and its seed it serves (a device event travels
+/// through JetStream to a reader); without the client certificate, or
+/// without the seed, or trusting the wrong CA, it exits naming NATS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_node_connects_to_nats_over_tls_with_a_client_certificate_and_an_nkey() {
+    let pki = presence_testkit::pki::Pki::new();
+    let nkey = nkeys::KeyPair::new_user();
+    let seed = pki.dir().join("node.nk");
+    std::fs::write(&seed, nkey.seed().unwrap()).unwrap();
+    let conf = format!(
+        "tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n}}\n\
+         authorization {{\n  users = [ {{ nkey: {} }} ]\n}}\n\
+         jetstream {{\n  store_dir: \"x\"\n}}\n",
+        pki.server_cert.display().to_string(),
+        pki.server_key.display().to_string(),
+        pki.ca.display().to_string(),
+        nkey.public_key(),
+    );
+    let nats = NatsServer::start_with_config(&conf);
+    let url = format!("tls://127.0.0.1:{}", nats.port());
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let node_cmd = |id: &str, env: &[(&str, &Path)]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_presenced"));
+        cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+            .arg("--data-dir")
+            .arg(dir.join(id))
+            .args(["--nats-url", &url])
+            .env("PRESENCE_NODE_ID", id)
+            .env("PRESENCE_SHUTDOWN_GRACE_SECS", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let all: [(&str, &Path); 4] = [
+        ("PRESENCE_NATS_TLS_CA_FILE", &pki.ca),
+        ("PRESENCE_NATS_TLS_CERT_FILE", &pki.client_cert),
+        ("PRESENCE_NATS_TLS_KEY_FILE", &pki.client_key),
+        ("PRESENCE_NATS_NKEY_FILE", &seed),
+    ];
+    // Each missing piece is refused by the server (or the client) and
+    // the node exits at once, naming NATS.
+    let wrong = presence_testkit::pki::Pki::new();
+    let cases: [(&str, Vec<(&str, &Path)>); 3] = [
+        ("no client certificate", vec![all[0], all[3]]),
+        ("no nkey", vec![all[0], all[1], all[2]]),
+        (
+            "another CA",
+            vec![
+                ("PRESENCE_NATS_TLS_CA_FILE", &wrong.ca),
+                all[1],
+                all[2],
+                all[3],
+            ],
+        ),
+    ];
+    for (what, env) in cases {
+        let out = node_cmd("refused", &env).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: started anyway");
+        assert!(
+            err.contains("NATS") || err.contains("nats"),
+            "{what}: {err}"
+        );
+    }
+    let cmd = node_cmd("a", &all);
+    let (_a, url_a) = spawn_ready(cmd, &dir.join("a.ready"), "node a");
+    let mut admin = admin_client(&url_a, dir).await;
+    let u = user(0);
+    setup(&mut admin, std::slice::from_ref(&u)).await;
+    let r = admin
+        .presence
+        .publish(v1::PublishRequest {
+            events: vec![event(
+                &u,
+                1,
+                K::Registration(v1::Registration {
+                    expires_seconds: 600,
+                }),
+            )],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.results[0].accepted, "{:?}", r.results[0]);
+    let got = admin
+        .presence
+        .get_presence(v1::GetPresenceRequest {
+            domain: "acme".into(),
+            targets: vec![u.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.states[0].presence, v1::PresenceStatus::Available as i32);
+}
