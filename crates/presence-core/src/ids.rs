@@ -71,7 +71,8 @@ impl DomainId {
             Ok(Self(s.to_owned()))
         } else {
             Err(ApiError::invalid(format!(
-                "invalid domain id {s:?}: expected [a-z0-9][a-z0-9-]{{0,62}}"
+                "invalid domain id {}: expected [a-z0-9][a-z0-9-]{{0,62}}",
+                crate::text::shown(s)
             )))
         }
     }
@@ -91,7 +92,8 @@ impl UserId {
             Ok(Self(s.to_owned()))
         } else {
             Err(ApiError::invalid(format!(
-                "invalid user id {s:?}: expected [A-Za-z0-9_-]{{1,64}}"
+                "invalid user id {}: expected [A-Za-z0-9_-]{{1,64}}",
+                crate::text::shown(s)
             )))
         }
     }
@@ -104,7 +106,8 @@ impl SiteId {
             Ok(Self(s.to_owned()))
         } else {
             Err(ApiError::invalid(format!(
-                "invalid site id {s:?}: expected [A-Za-z0-9_-]{{1,64}}"
+                "invalid site id {}: expected [A-Za-z0-9_-]{{1,64}}",
+                crate::text::shown(s)
             )))
         }
     }
@@ -118,7 +121,8 @@ impl Mac {
     pub fn parse(s: &str) -> ApiResult<Self> {
         let bad = || {
             ApiError::invalid(format!(
-                "invalid mac {s:?}: expected 12 hex digits, optionally separated by ':', '-' or '.'"
+                "invalid mac {}: expected 12 hex digits, optionally separated by ':', '-' or '.'",
+                crate::text::shown(s)
             ))
         };
         let t = s.trim();
@@ -160,7 +164,8 @@ impl Mac {
         let hex = hex.to_ascii_lowercase();
         if hex == "000000000000" || hex == "ffffffffffff" {
             return Err(ApiError::invalid(format!(
-                "invalid mac {s:?}: not a device address"
+                "invalid mac {}: not a device address",
+                crate::text::shown(s)
             )));
         }
         Ok(Self(hex))
@@ -181,7 +186,7 @@ impl Email {
     /// most 64 bytes, and a dotted host name; 254 bytes at most.
     pub fn parse(s: &str) -> ApiResult<Self> {
         let t = s.trim();
-        let bad = || ApiError::invalid(format!("invalid email {s:?}"));
+        let bad = || ApiError::invalid(format!("invalid email {}", crate::text::shown(s)));
         if t.len() > 254 {
             return Err(bad());
         }

@@ -389,7 +389,10 @@ impl UserPresence {
         let bad_text = |what: &str, t: &str| {
             Rejection::new(
                 Malformed,
-                format!("{what} {t:?} is longer than {MAX_TEXT} bytes or has control characters"),
+                format!(
+                    "{what} {} is longer than {MAX_TEXT} bytes or has control characters",
+                    crate::text::shown(t)
+                ),
             )
         };
         if ev.device.is_empty() {
@@ -499,7 +502,10 @@ impl UserPresence {
             }
             EventKind::ManualStatus(_, msg) if has_unsafe_chars(msg) => Err(Rejection::new(
                 Malformed,
-                format!("status message {msg:?} has control characters"),
+                format!(
+                    "status message {} has control characters",
+                    crate::text::shown(msg)
+                ),
             )),
             EventKind::QueueLogin { queue, .. } if queue.is_empty() => {
                 Err(Rejection::new(Malformed, "queue login names no queue"))

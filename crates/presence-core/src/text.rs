@@ -16,6 +16,19 @@ pub const MAX_QUEUE_MEMBERS: usize = 2000;
 /// Shortest and longest password, in characters.
 pub const PASSWORD_LEN: (usize, usize) = (8, 256);
 
+/// Longest part of a refused value echoed in an error message.
+pub const SHOWN_CHARS: usize = 64;
+
+/// A refused value as an error message shows it: quoted and escaped, and
+/// cut after [`SHOWN_CHARS`] characters (with its full size), so that
+/// an error never grows with what a caller sent.
+pub fn shown(s: &str) -> String {
+    match s.char_indices().nth(SHOWN_CHARS) {
+        None => format!("{s:?}"),
+        Some((cut, _)) => format!("{:?}… ({} bytes)", &s[..cut], s.len()),
+    }
+}
+
 /// Returns whether `c` must not appear in stored or delivered text:
 /// control characters (NUL, CR, LF, ESC, C1…) and the bidirectional
 /// formatting characters that reorder what a reader sees (U+200E/F,
@@ -77,7 +90,8 @@ pub fn check_number(value: &str) -> ApiResult<String> {
         Ok(v.to_owned())
     } else {
         Err(ApiError::invalid(format!(
-            "invalid external number {value:?}: expected [+]digits"
+            "invalid external number {}: expected [+]digits",
+            shown(value)
         )))
     }
 }

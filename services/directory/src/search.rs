@@ -76,6 +76,41 @@ pub fn matches(words: &BTreeSet<String>, query: &[String]) -> bool {
 mod tests {
     use super::*;
 
+    /// Hostile names, e-mails and queries (as `ListUsers` takes them,
+    /// after its 128-character check) never panic the index or the
+    /// matcher, and stay within the index's bounds. Cases:
+    /// `PRESENCE_FUZZ_CASES` (default 20 000).
+    #[test]
+    fn untrusted_names_and_queries_stay_within_the_index_bounds() {
+        use presence_testkit::rng::{Rng, cases, seed};
+        let mut r = Rng::new(seed() ^ 6);
+        for _ in 0..cases(20_000) {
+            let u = v1::User {
+                id: r.hostile_string(70),
+                profile: Some(v1::Profile {
+                    first_name: r.hostile_string(200),
+                    last_name: r.hostile_string(200),
+                    email: r.hostile_string(260),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let ws = words(&u);
+            assert!(ws.iter().all(|w| !w.is_empty() && w.len() <= MAX_WORD));
+            let Ok(q) = presence_core::text::check("search", &r.hostile_string(140), 128) else {
+                continue;
+            };
+            let query = query_words(&q);
+            assert!(query.len() <= 64);
+            assert!(
+                query
+                    .iter()
+                    .all(|w| !w.is_empty() && !w.contains(char::is_whitespace))
+            );
+            let _ = matches(&ws, &query);
+        }
+    }
+
     fn jack() -> v1::User {
         v1::User {
             id: "1001".into(),

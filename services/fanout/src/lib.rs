@@ -41,6 +41,8 @@ pub mod service;
 pub mod shard;
 pub mod shards;
 pub mod stream;
+#[cfg(test)]
+mod untrusted;
 
 pub use grpc::FanoutGrpc;
 pub use service::{Fanout, FanoutConfig};

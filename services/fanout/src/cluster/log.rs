@@ -73,6 +73,14 @@ struct Parsed {
     malformed: usize,
 }
 
+/// How many of a batch's items parse into events and how many name no
+/// valid user (for the randomized tests).
+#[cfg(test)]
+pub(crate) fn batch_events_count(items: Vec<v1::IngestItem>) -> (usize, usize) {
+    let (events, malformed) = batch_events(items);
+    (events.len(), malformed)
+}
+
 /// The events of a batch's items, and how many items name no valid user.
 fn batch_events(items: Vec<v1::IngestItem>) -> (Vec<Logged>, usize) {
     let mut events = Vec::with_capacity(items.len());

@@ -50,6 +50,8 @@
 
 mod admission;
 mod log;
+#[cfg(test)]
+pub(crate) use log::batch_events_count as batch_events_for_tests;
 mod owner;
 mod placement;
 mod routing;
