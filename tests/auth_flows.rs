@@ -586,3 +586,107 @@ async fn test_failed_logins_are_throttled_without_revealing_accounts() {
         .await
         .unwrap();
 }
+
+/// Tokens can be revoked before they expire: a service token by an
+/// administrator (then refused everywhere with "token revoked"), one's own
+/// session (a logout), and the bootstrap administrator's token after a
+/// new one was issued; who may revoke what, and bad requests.
+#[tokio::test]
+async fn test_revoked_tokens_are_refused() {
+    use presence_tests::service_token;
+    let sb = setup().await;
+    let mut admin = sb.admin.clone();
+    let issued = admin
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: "gateway".into(),
+                    domains: vec!["acme".into()],
+                    rights: vec!["presence.watch".into()],
+                },
+            )),
+            ttl_seconds: 3600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(issued.token_id.len(), 32);
+    let mut gw = sb.client(Some(&issued.token)).await;
+    gw.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    // A user session without tokens.issue may not revoke it; nor may the
+    // gateway revoke another token.
+    let mut jack = sb.login("acme", "1001", PW).await;
+    let revoke = |token: &str, id: &str| v1::RevokeTokenRequest {
+        token: token.into(),
+        token_id: id.into(),
+        expires_at_ms: 0,
+    };
+    assert_code(
+        jack.auth.revoke_token(revoke(&issued.token, "")).await,
+        Code::PermissionDenied,
+    );
+    let other = service_token(&mut admin, "other", &["acme"], &["presence.watch"]).await;
+    assert_code(
+        gw.auth.revoke_token(revoke(&other, "")).await,
+        Code::PermissionDenied,
+    );
+    let r = admin
+        .auth
+        .revoke_token(revoke(&issued.token, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(r.revoked);
+    assert_eq!(r.token_id, issued.token_id);
+    let m = assert_code(
+        gw.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    assert_eq!(m, "token revoked");
+    // By id, as IssueToken returned it: the same.
+    let mut o = sb.client(Some(&other)).await;
+    o.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    let other_id = presence_auth::token::token_id(&other);
+    admin
+        .auth
+        .revoke_token(revoke("", &other_id))
+        .await
+        .unwrap();
+    assert_code(
+        o.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    // Logout: a user revokes the session it calls with.
+    let jack_token = sb.login_token("acme", "1001", PW).await;
+    let mut j2 = sb.client(Some(&jack_token)).await;
+    j2.auth.revoke_token(revoke(&jack_token, "")).await.unwrap();
+    assert_code(
+        j2.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    jack.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    // Bad requests.
+    for (req, what) in [
+        (revoke("", ""), "nothing"),
+        (revoke(&other, &other_id), "both"),
+        (revoke("pst1.e30.AAAA", ""), "a forged token"),
+        (revoke("", "not-an-id"), "a bad id"),
+    ] {
+        let s = admin.auth.revoke_token(req).await.unwrap_err();
+        assert_eq!(s.code(), Code::InvalidArgument, "{what}: {s:?}");
+    }
+    // The bootstrap administrator's token: issue a new admin token with
+    // it, revoke the old one with the new one.
+    let new_admin = service_token(&mut admin, "ops-admin", &["*"], &["*"]).await;
+    let mut ops = sb.client(Some(&new_admin)).await;
+    ops.auth
+        .revoke_token(revoke(&sb.admin_token, ""))
+        .await
+        .unwrap();
+    assert_code(
+        admin.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    ops.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+}

@@ -45,6 +45,7 @@ const MATRIX: &[(&str, &str)] = &[
     ("create_domain",       "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("delete_domain",       "ok   PD  PD  PD  PD    PD    PD     PD       NF    UA   PD"),
     ("issue_token",         "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
+    ("revoke_token_by_id",  "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("who_am_i",            "ok   ok  ok  ok  ok    ok    ok     ok       ok    UA   ok"),
 ];
 
@@ -435,6 +436,15 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
                     },
                 )),
                 ttl_seconds: 60,
+            })
+            .await
+            .map(drop),
+        "revoke_token_by_id" => c
+            .auth
+            .revoke_token(v1::RevokeTokenRequest {
+                token: String::new(),
+                token_id: format!("{:032x}", i + 1),
+                expires_at_ms: 0,
             })
             .await
             .map(drop),

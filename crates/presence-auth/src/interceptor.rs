@@ -15,7 +15,17 @@ use tonic::{Request, Status};
 pub trait SessionValidator: Send + Sync + 'static {
     /// Returns the principal the claims stand for now.
     fn validate(&self, claims: &Claims) -> ApiResult<Principal>;
+
+    /// Returns whether the token with this [`crate::token::token_id`] was
+    /// revoked (never, unless the validator keeps a revocation list).
+    fn revoked(&self, _token_id: &str) -> ApiResult<bool> {
+        Ok(false)
+    }
 }
+
+/// The [`crate::token::token_id`] of the current request's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenId(pub String);
 
 /// When the token of the current request expires (unix milliseconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +71,24 @@ impl AuthInterceptor {
     /// Authenticates one bearer token and returns the principal and the
     /// token's expiry (unix milliseconds).
     pub fn authenticate(&self, token: &str) -> ApiResult<(Principal, TokenExpiry)> {
+        self.authenticate_with_id(token).map(|(p, e, _)| (p, e))
+    }
+
+    /// [`AuthInterceptor::authenticate`], with the token's id.
+    pub fn authenticate_with_id(
+        &self,
+        token: &str,
+    ) -> ApiResult<(Principal, TokenExpiry, TokenId)> {
         let claims = self.signer.verify(token)?;
-        Ok((self.validator.validate(&claims)?, TokenExpiry(claims.exp)))
+        let id = crate::token::token_id(token);
+        if self.validator.revoked(&id)? {
+            return Err(ApiError::Unauthenticated("token revoked".into()));
+        }
+        Ok((
+            self.validator.validate(&claims)?,
+            TokenExpiry(claims.exp),
+            TokenId(id),
+        ))
     }
 }
 
@@ -89,9 +115,10 @@ impl tonic::service::Interceptor for AuthInterceptor {
                     "authorization must be \"Bearer <token>\"".into(),
                 ))
             })?;
-        let (principal, exp) = self.authenticate(token.trim()).map_err(to_status)?;
+        let (principal, exp, id) = self.authenticate_with_id(token.trim()).map_err(to_status)?;
         req.extensions_mut().insert(principal);
         req.extensions_mut().insert(exp);
+        req.extensions_mut().insert(id);
         Ok(req)
     }
 }

@@ -340,6 +340,26 @@ async fn test_presencectl_presence_get_watch_publish() {
             err.trim(),
             "error: rejected: stale-sequence: sequence 2 of device d1 is not above its last applied one, 2"
         );
+        // A token issued, used, revoked, refused.
+        let issued = ctl.ok(&["--json", "token", "issue", "--service", "gw", "--domain", "acme", "--right", "presence.watch"]);
+        let v: serde_json::Value = serde_json::from_str(&issued).unwrap();
+        let (tok, id) = (v["token"].as_str().unwrap(), v["token_id"].as_str().unwrap());
+        assert_eq!(id.len(), 32, "{issued}");
+        let as_gw = |args: &[&str]| {
+            Command::new(env!("CARGO_BIN_EXE_presencectl"))
+                .env("PRESENCE_URL", &ctl.url)
+                .env("PRESENCE_TOKEN", tok)
+                .env("HOME", ctl.home.path())
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        assert!(as_gw(&["whoami"]).status.success());
+        let out = ctl.ok(&["token", "revoke", tok]);
+        assert_eq!(out.trim(), format!("token {id} revoked"));
+        let refused = as_gw(&["whoami"]);
+        assert!(!refused.status.success());
+        assert_eq!(String::from_utf8_lossy(&refused.stderr).trim(), "error: unauthenticated: token revoked");
         // A watch needs exactly one selection.
         let (ok, _, err) = ctl.run(&["presence", "watch", "-d", "acme", "--everyone", "--monitored"]);
         assert!(!ok && err.contains("cannot be used with"), "{err}");

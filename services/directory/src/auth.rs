@@ -444,11 +444,101 @@ impl Directory {
             }
         };
         let (token, claims) = self.signer().issue(subject, ttl_ms);
-        tracing::info!(by = %p.describe(), "token issued");
+        let token_id = presence_auth::token::token_id(&token);
+        tracing::info!(by = %p.describe(), %token_id, "token issued");
         Ok(v1::IssueTokenResponse {
             token,
             expires_at_ms: claims.exp,
+            token_id,
         })
+    }
+
+    /// Revokes one token (see `RevokeToken` in auth.proto). `own` is the
+    /// id of the token the caller presented: revoking it is a logout,
+    /// always allowed.
+    pub async fn revoke_token(
+        &self,
+        p: &Principal,
+        own: Option<&str>,
+        req: v1::RevokeTokenRequest,
+    ) -> ApiResult<v1::RevokeTokenResponse> {
+        use presence_auth::token::{is_token_id, token_id};
+        let (id, exp) = match (req.token.is_empty(), req.token_id.is_empty()) {
+            (false, true) => {
+                let claims = self
+                    .signer()
+                    .verify_signature(&req.token)
+                    .map_err(|_| ApiError::invalid("token is not a token of this deployment"))?;
+                let id = token_id(&req.token);
+                if own != Some(id.as_str()) {
+                    authorize_revoke(p, &claims.sub)?;
+                }
+                if claims.exp <= presence_auth::token::now_ms() {
+                    return Ok(v1::RevokeTokenResponse {
+                        token_id: id,
+                        revoked: false,
+                    });
+                }
+                (id, claims.exp)
+            }
+            (true, false) => {
+                if !is_token_id(&req.token_id) {
+                    return Err(ApiError::invalid(format!(
+                        "token_id {} is not 32 lowercase hex digits",
+                        text::shown(&req.token_id)
+                    )));
+                }
+                if own != Some(req.token_id.as_str()) && !p.has_global_right(rights::TOKENS_ISSUE) {
+                    return Err(ApiError::denied(
+                        "revoking a token by id alone needs tokens.issue for every domain",
+                    ));
+                }
+                let exp = match req.expires_at_ms {
+                    0 => presence_auth::token::now_ms() + TEN_YEARS_MS,
+                    e => e,
+                };
+                (req.token_id, exp)
+            }
+            _ => return Err(ApiError::invalid("give token or token_id, not both")),
+        };
+        let k = key(keys::REVOKED, &[id.as_str()]);
+        self.write(move |tx| {
+            tx.put(
+                k.clone(),
+                &crate::records::RevokedRecord { expires_at_ms: exp },
+            );
+            Ok(())
+        })
+        .await?;
+        tracing::info!(by = %p.describe(), token_id = %id, "token revoked");
+        Ok(v1::RevokeTokenResponse {
+            token_id: id,
+            revoked: true,
+        })
+    }
+}
+
+/// The longest a token lives (IssueToken's limit), for revocations by id.
+const TEN_YEARS_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// Whether `p` may revoke another's token of `sub`: the right to issue
+/// tokens for every domain it names.
+fn authorize_revoke(p: &Principal, sub: &Subject) -> ApiResult<()> {
+    let ok = match sub {
+        Subject::User { domain, .. } | Subject::Phone { domain, .. } => {
+            DomainId::parse(domain).is_ok_and(|d| p.has_right(&d, rights::TOKENS_ISSUE))
+        }
+        Subject::Service { domains, .. } => match DomainSet::parse(domains) {
+            Ok(DomainSet::All) | Err(_) => p.has_global_right(rights::TOKENS_ISSUE),
+            Ok(DomainSet::Some(ds)) => ds.iter().all(|d| p.has_right(d, rights::TOKENS_ISSUE)),
+        },
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::denied(
+            "not allowed to revoke tokens for these domains",
+        ))
     }
 }
 
@@ -512,6 +602,13 @@ impl StoreValidator {
 }
 
 impl SessionValidator for StoreValidator {
+    fn revoked(&self, token_id: &str) -> ApiResult<bool> {
+        Ok(self
+            .store
+            .get_raw(&key(keys::REVOKED, &[token_id]))?
+            .is_some())
+    }
+
     fn validate(&self, claims: &Claims) -> ApiResult<Principal> {
         let expired = || ApiError::Unauthenticated("session ended; log in again".into());
         match &claims.sub {

@@ -92,6 +92,22 @@ impl AuthService for AuthGrpc {
             .map_err(|e| respond("login", e))
     }
 
+    async fn revoke_token(
+        &self,
+        request: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
+        let p = principal_of(&request).map_err(|e| respond("revoke_token", e))?;
+        let own = request
+            .extensions()
+            .get::<presence_auth::interceptor::TokenId>()
+            .map(|t| t.0.clone());
+        self.0
+            .revoke_token(&p, own.as_deref(), request.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| respond("revoke_token", e))
+    }
+
     async fn accept_welcome(
         &self,
         request: Request<v1::AcceptWelcomeRequest>,

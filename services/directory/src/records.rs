@@ -25,6 +25,14 @@ pub struct Credentials {
     pub pin_hash: String,
 }
 
+/// A revoked token: kept until the token would have expired.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct RevokedRecord {
+    /// The token's expiry, unix milliseconds.
+    #[prost(int64, tag = "1")]
+    pub expires_at_ms: i64,
+}
+
 /// A pending welcome token (stored under the SHA-256 of the token).
 #[derive(Clone, PartialEq, Message)]
 pub struct WelcomeRecord {

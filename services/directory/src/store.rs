@@ -66,6 +66,8 @@ pub mod keys {
     pub const INDEX: &str = "I";
     /// Store metadata: `M\0name`.
     pub const META: &str = "M";
+    /// A revoked token by id (`R\0token_id`), with its expiry.
+    pub const REVOKED: &str = "R";
     /// Incarnation of a domain (`N\0domain`), a user
     /// (`N\0domain\0u\0user`) or a phone (`N\0domain\0p\0mac`): a random
     /// nonzero id drawn when the record is created, so a record deleted

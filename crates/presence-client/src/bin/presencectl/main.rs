@@ -121,6 +121,16 @@ enum TokenCmd {
         #[arg(long, default_value_t = 0)]
         ttl_secs: u64,
     },
+    /// Revoke a token before it expires: give the token (`-` reads it
+    /// from stdin) or its id (as `issue --json` shows it).
+    Revoke {
+        /// The token to revoke, or `-` for stdin.
+        #[arg(conflicts_with = "id", required_unless_present = "id")]
+        revoked: Option<String>,
+        /// The token's id instead (32 hex digits).
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 async fn run(cli: Cli) -> CtlResult<()> {
@@ -215,6 +225,35 @@ async fn run(cli: Cli) -> CtlResult<()> {
         Cmd::Queues(cmd) => directory::queues(&mut c, &out, cmd).await?,
         Cmd::Policy(cmd) => policy::policy_cmd(&mut c, &out, cmd).await?,
         Cmd::Presence(cmd) => presence::run(&mut c, &out, cmd).await?,
+        Cmd::Token(TokenCmd::Revoke { revoked, id }) => {
+            let token = match revoked.as_deref() {
+                Some("-") => {
+                    let mut line = String::new();
+                    std::io::stdin()
+                        .read_line(&mut line)
+                        .map_err(|e| e.to_string())?;
+                    line.trim().to_owned()
+                }
+                Some(t) => t.to_owned(),
+                None => String::new(),
+            };
+            let r = c
+                .auth
+                .revoke_token(v1::RevokeTokenRequest {
+                    token,
+                    token_id: id.unwrap_or_default(),
+                    expires_at_ms: 0,
+                })
+                .await
+                .map_err(status_err)?
+                .into_inner();
+            let what = if r.revoked {
+                format!("token {} revoked", r.token_id)
+            } else {
+                format!("token {} had expired already", r.token_id)
+            };
+            out.done(&what);
+        }
         Cmd::Token(TokenCmd::Issue {
             service,
             phone,
