@@ -317,6 +317,46 @@ async fn test_three_nodes_share_one_directory_through_the_log() {
     }
     drop(stream);
 
+    // A token issued through a and revoked through b is refused by c once
+    // c has applied the revocation (read-your-writes: no waiting game).
+    let issued = ca
+        .auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: "gw".into(),
+                    domains: vec!["acme".into()],
+                    rights: vec!["directory.read".into()],
+                },
+            )),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let revoked = cb
+        .auth
+        .revoke_token(v1::RevokeTokenRequest {
+            token: issued.token.clone(),
+            token_id: String::new(),
+            expires_at_ms: 0,
+        })
+        .await
+        .unwrap();
+    let seq = revoked
+        .metadata()
+        .get("presence-log-sequence")
+        .unwrap()
+        .clone();
+    let mut gw_c = connect(&url_c, Some(&issued.token)).await.unwrap();
+    let mut who = tonic::Request::new(v1::WhoAmIRequest {});
+    who.metadata_mut().insert("presence-min-sequence", seq);
+    let e = gw_c.auth.who_am_i(who).await.unwrap_err();
+    assert_eq!(
+        (e.code(), e.message()),
+        (Code::Unauthenticated, "token revoked")
+    );
+
     // Node c killed with -9; writes go on through a and b; c comes back
     // and catches up before it serves.
     procs[2].0.kill().unwrap();
