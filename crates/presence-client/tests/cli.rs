@@ -39,8 +39,23 @@ impl Ctl {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_presencectl_end_to_end() {
+/// A running embedded server (stopped by [`Running::stop`]).
+struct Running {
+    _data: tempfile::TempDir,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<Result<(), String>>,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle.await.unwrap().unwrap();
+    }
+}
+
+/// Starts an embedded server on loopback and a presencectl for it with
+/// the bootstrap administrator's token.
+async fn start() -> (Ctl, Running) {
     let tmp = tempfile::tempdir().unwrap();
     let cfg = Config {
         listen: "127.0.0.1:0".into(),
@@ -56,12 +71,27 @@ async fn test_presencectl_end_to_end() {
         .trim()
         .to_owned();
     let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(server.run(listener, shutdown.clone()));
+    let stop = shutdown.clone();
+    let handle =
+        tokio::spawn(async move { server.run(listener, stop).await.map_err(|e| e.to_string()) });
     let ctl = Ctl {
         url,
         token,
         home: tempfile::tempdir().unwrap(),
     };
+    (
+        ctl,
+        Running {
+            _data: tmp,
+            shutdown,
+            handle,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_presencectl_end_to_end() {
+    let (ctl, server) = start().await;
 
     tokio::task::spawn_blocking(move || {
         let who = ctl.ok(&["whoami"]);
@@ -251,8 +281,7 @@ async fn test_presencectl_end_to_end() {
     })
     .await
     .unwrap();
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    server.stop().await;
 }
 
 /// `presence publish` drives a user's lamp, `presence get` reads it and
@@ -262,27 +291,7 @@ async fn test_presencectl_end_to_end() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_presencectl_presence_get_watch_publish() {
     use std::io::BufRead;
-    let tmp = tempfile::tempdir().unwrap();
-    let cfg = Config {
-        listen: "127.0.0.1:0".into(),
-        data_dir: tmp.path().to_path_buf(),
-        metrics_listen: String::new(),
-        ..Config::default()
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let server = Server::build(cfg).await.unwrap();
-    let token = std::fs::read_to_string(tmp.path().join("bootstrap-admin.token"))
-        .unwrap()
-        .trim()
-        .to_owned();
-    let shutdown = CancellationToken::new();
-    let handle = tokio::spawn(server.run(listener, shutdown.clone()));
-    let ctl = Ctl {
-        url,
-        token,
-        home: tempfile::tempdir().unwrap(),
-    };
+    let (ctl, server) = start().await;
     tokio::task::spawn_blocking(move || {
         ctl.ok(&["domains", "create", "acme"]);
         ctl.ok(&["users", "create", "-d", "acme", "1001", "--first-name", "Jack"]);
@@ -366,6 +375,5 @@ async fn test_presencectl_presence_get_watch_publish() {
     })
     .await
     .unwrap();
-    shutdown.cancel();
-    handle.await.unwrap().unwrap();
+    server.stop().await;
 }
