@@ -54,6 +54,7 @@ head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$work/auth.key"
 for i in 1 2 3; do
     PRESENCE_CONFIG=deploy/presenced-ha.toml \
     PRESENCE_AUTH_KEY_FILE="$work/auth.key" \
+    PRESENCE_TLS_CERT_FILE="" PRESENCE_TLS_KEY_FILE="" \
     PRESENCE_JETSTREAM_REPLICAS="${REPLICAS:-3}" \
     PRESENCE_NODE_ID="node-$i" \
     PRESENCE_LOG_FORMAT=text \

@@ -4,7 +4,7 @@
 
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use presence_client::{PresenceClient, connect};
+use presence_client::{PresenceClient, Tls, connect_with};
 use presence_presenced::{Config, Server};
 use presence_proto::v1;
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ pub struct Sandbox {
     data_dir: PathBuf,
     _tmp: Option<tempfile::TempDir>,
     nats_url: String,
+    /// The client side of TLS (default: plaintext).
+    tls: Tls,
     shutdown: CancellationToken,
     handle: JoinHandle<anyhow_free::Result>,
 }
@@ -67,11 +69,30 @@ impl Sandbox {
         &self.data_dir
     }
 
+    /// Starts an embedded server with TLS on (`tune` sets the server's
+    /// files); its clients connect over `https://` with `tls`.
+    pub async fn start_tls(tls: Tls, tune: impl FnOnce(&mut Config)) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let mut s = Self::start_in_tls(&dir, "", tls, tune).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     async fn start_in(dir: &Path, nats_url: &str) -> Self {
         Self::start_in_with(dir, nats_url, |_| {}).await
     }
 
     async fn start_in_with(dir: &Path, nats_url: &str, tune: impl FnOnce(&mut Config)) -> Self {
+        Self::start_in_tls(dir, nats_url, Tls::default(), tune).await
+    }
+
+    async fn start_in_tls(
+        dir: &Path,
+        nats_url: &str,
+        tls: Tls,
+        tune: impl FnOnce(&mut Config),
+    ) -> Self {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -100,7 +121,8 @@ impl Sandbox {
                 .await
                 .map_err(|e| format!("{e:#}"))
         });
-        let admin = connect(&format!("http://{addr}"), Some(&admin_token))
+        let scheme = if tls.is_set() { "https" } else { "http" };
+        let admin = connect_with(&format!("{scheme}://{addr}"), Some(&admin_token), &tls)
             .await
             .unwrap();
         Self {
@@ -110,6 +132,7 @@ impl Sandbox {
             data_dir: dir.to_path_buf(),
             _tmp: None,
             nats_url: nats_url.to_owned(),
+            tls,
             shutdown,
             handle,
         }
@@ -117,12 +140,13 @@ impl Sandbox {
 
     /// Returns the server URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_set() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Returns a client sending `token` (None: no token).
     pub async fn client(&self, token: Option<&str>) -> PresenceClient {
-        connect(&self.url(), token).await.unwrap()
+        connect_with(&self.url(), token, &self.tls).await.unwrap()
     }
 
     /// Logs in and returns the token.

@@ -56,15 +56,27 @@ impl Running {
 /// Starts an embedded server on loopback and a presencectl for it with
 /// the bootstrap administrator's token.
 async fn start() -> (Ctl, Running) {
+    start_tuned(|_| {}).await
+}
+
+/// [`start`] with the configuration adjusted by `tune` (with TLS files
+/// set, the URL is `https://`).
+async fn start_tuned(tune: impl FnOnce(&mut Config)) -> (Ctl, Running) {
     let tmp = tempfile::tempdir().unwrap();
-    let cfg = Config {
+    let mut cfg = Config {
         listen: "127.0.0.1:0".into(),
         data_dir: tmp.path().to_path_buf(),
         metrics_listen: String::new(),
         ..Config::default()
     };
+    tune(&mut cfg);
+    let scheme = if cfg.tls_cert_file.is_empty() {
+        "http"
+    } else {
+        "https"
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("{scheme}://{}", listener.local_addr().unwrap());
     let server = Server::build(cfg).await.unwrap();
     let token = std::fs::read_to_string(tmp.path().join("bootstrap-admin.token"))
         .unwrap()
@@ -87,6 +99,42 @@ async fn start() -> (Ctl, Running) {
             handle,
         },
     )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_presencectl_over_tls_with_a_ca_file_and_a_client_certificate() {
+    let pki = presence_testkit::pki::Pki::new();
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ctl, server) = start_tuned(|c| {
+        c.tls_cert_file = path(&pki.server_cert);
+        c.tls_key_file = path(&pki.server_key);
+        c.tls_client_ca_file = path(&pki.ca);
+    })
+    .await;
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
+    tokio::task::spawn_blocking(move || {
+        assert!(ctl.url.starts_with("https://"), "{}", ctl.url);
+        let tls = ["--ca-file", &ca, "--cert-file", &cert, "--key-file", &key];
+        let who = ctl.ok(&[&tls[..], &["whoami"]].concat());
+        assert!(who.contains("bootstrap-admin"), "{who}");
+        // Without the client certificate the server refuses the handshake
+        // (with TLS 1.3 the client learns it at its first request).
+        let (ok, _, err) = ctl.run(&["--ca-file", &ca, "whoami"]);
+        // (the alert, or the connection closed or broken before it was read).
+        assert!(
+            !ok && (err.contains("transport error") || err.contains("cannot connect")),
+            "{err}"
+        );
+        // Without the CA the server's certificate is not trusted.
+        let (ok, _, err) = ctl.run(&["--cert-file", &cert, "--key-file", &key, "whoami"]);
+        assert!(!ok && err.contains("cannot connect"), "{err}");
+        // A certificate without its key is refused before connecting.
+        let (ok, _, err) = ctl.run(&["--ca-file", &ca, "--cert-file", &cert, "whoami"]);
+        assert!(!ok && err.contains("--key-file"), "{err}");
+    })
+    .await
+    .unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

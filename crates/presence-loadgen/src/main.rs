@@ -86,9 +86,17 @@ enum Mode {
     about = "Load generator of the presence broker"
 )]
 struct Args {
-    /// gRPC URL of the broker.
+    /// gRPC URL of the broker (`https://…` for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     grpc: String,
+    /// PEM CA certificate the broker's certificate must chain to
+    /// (https:// URLs; default: the system's roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate and key (`CERT,KEY`) for brokers that
+    /// verify clients (mTLS).
+    #[arg(long, value_delimiter = ',', num_args = 2)]
+    client_cert: Vec<PathBuf>,
     /// NATS URL the broker uses.
     #[arg(long, default_value = "nats://127.0.0.1:4222")]
     nats: String,
@@ -363,6 +371,18 @@ fn rss(pid: u32) -> anyhow::Result<u64> {
         .context("bad VmRSS")?
         .parse()?;
     Ok(kb * 1024)
+}
+
+/// TLS settings of every gRPC connection, set once from the arguments.
+static TLS: std::sync::OnceLock<presence_client::Tls> = std::sync::OnceLock::new();
+
+/// Connects to the broker at `url` with the run's TLS settings.
+pub(crate) async fn grpc(
+    url: &str,
+    token: Option<&str>,
+) -> Result<presence_client::PresenceClient, presence_client::ClientError> {
+    let tls = TLS.get_or_init(presence_client::Tls::default);
+    presence_client::connect_with(url, token, tls).await
 }
 
 /// Sums the samples of `metric` (all label sets) from a Prometheus text
@@ -723,8 +743,7 @@ async fn open_streams(
         "broker: opening {} watch streams on {domain} ({:?} style)",
         a.streams, a.style
     );
-    let shared =
-        shared_connections(a, || presence_client::connect(&a.grpc, Some(&gateway))).await?;
+    let shared = shared_connections(a, || crate::grpc(&a.grpc, Some(&gateway))).await?;
     if a.style == Style::Many {
         return open_many(a, shared, domain, base, rss_before).await;
     }
@@ -743,7 +762,7 @@ async fn open_streams(
         for s in lo..hi {
             let mut c = match a.style {
                 Style::Gateway | Style::Many => shared[s % shared.len()].clone(),
-                Style::Phone => presence_client::connect(&a.grpc, Some(&gateway)).await?,
+                Style::Phone => crate::grpc(&a.grpc, Some(&gateway)).await?,
             };
             let targets: Vec<String> = targets_of(s, a).into_iter().map(user_id).collect();
             let watcher = user_id(s % a.users);
@@ -1095,6 +1114,12 @@ fn print_table(r: &Report) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let a = Args::parse();
+    let _ = TLS.set(presence_client::Tls {
+        ca_file: a.ca_file.clone(),
+        cert_file: a.client_cert.first().cloned(),
+        key_file: a.client_cert.get(1).cloned(),
+        server_name: None,
+    });
     if !a.replot.is_empty() {
         let mut points: Vec<sweep::Point> = Vec::new();
         for from in &a.replot {
@@ -1109,7 +1134,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let token = std::fs::read_to_string(&a.token_file)
         .with_context(|| format!("read {}", a.token_file.display()))?;
-    let mut admin = presence_client::connect(&a.grpc, Some(token.trim())).await?;
+    let mut admin = crate::grpc(&a.grpc, Some(token.trim())).await?;
     let domain = a.domain.clone().unwrap_or_else(|| {
         let secs = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

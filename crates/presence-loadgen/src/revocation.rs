@@ -160,10 +160,10 @@ pub async fn run(
     users: usize,
     rounds: usize,
 ) -> anyhow::Result<RevocationReport> {
-    let mut writer = presence_client::connect(write_url, Some(token)).await?;
+    let mut writer = crate::grpc(write_url, Some(token)).await?;
     eprintln!("revocation: setup of {domain} ({users} targets) through {write_url}");
     setup(&mut writer, domain, users).await?;
-    let mut watch_admin = presence_client::connect(watch_url, Some(token)).await?;
+    let mut watch_admin = crate::grpc(watch_url, Some(token)).await?;
     let gateway = crate::gateway_token(&mut watch_admin, domain, "loadgen-revocation").await?;
     // The watch node must hold the whole setup before the stream opens.
     let caught_up = writer
@@ -171,7 +171,7 @@ pub async fn run(
         .get_domain(v1::GetDomainRequest { id: domain.into() })
         .await?;
     let seq = caught_up.metadata().get("presence-log-sequence").cloned();
-    let mut gw = presence_client::connect(watch_url, Some(&gateway)).await?;
+    let mut gw = crate::grpc(watch_url, Some(&gateway)).await?;
     let mut open = tonic::Request::new(v1::WatchRequest {
         domain: domain.into(),
         watcher: WATCHER.into(),

@@ -415,6 +415,23 @@ impl Drop for NatsServer {
 pub struct ChildGuard(pub Child);
 
 impl ChildGuard {
+    /// Sends `signal` (a name `kill` knows, e.g. `HUP`) to the process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.0.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{signal}"), &pid])
+            .status();
+        assert!(
+            sent.is_ok_and(|s| s.success()),
+            "kill -{signal} {pid} failed"
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(None))
+    }
+
     /// Sends SIGTERM and waits up to `limit` for the process to exit;
     /// returns its exit status, or `None` if it is still running then
     /// (the guard kills it on drop).

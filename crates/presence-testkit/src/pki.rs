@@ -8,6 +8,7 @@ use std::path::PathBuf;
 /// A CA with one server and one client certificate, on disk.
 pub struct Pki {
     dir: tempfile::TempDir,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     /// The CA certificate (PEM).
     pub ca: PathBuf,
     /// The server certificate (PEM), for `localhost` and `127.0.0.1`.
@@ -27,6 +28,21 @@ fn or_panic<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> T {
     }
 }
 
+fn leaf(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    names: Vec<String>,
+    cn: &str,
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let mut p = or_panic(CertificateParams::new(names), "leaf params");
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.extended_key_usages = vec![usage];
+    let key = or_panic(KeyPair::generate(), "leaf key");
+    let cert = or_panic(p.signed_by(&key, issuer), "leaf cert");
+    (cert.pem(), key.serialize_pem())
+}
+
 impl Pki {
     /// Makes a CA and its two certificates.
     pub fn new() -> Self {
@@ -44,14 +60,7 @@ impl Pki {
         let ca_key = or_panic(KeyPair::generate(), "ca key");
         let ca_cert = or_panic(ca_params.self_signed(&ca_key), "ca cert");
         let issuer = Issuer::new(ca_params, ca_key);
-        let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
-            let mut p = or_panic(CertificateParams::new(names), "leaf params");
-            p.distinguished_name.push(DnType::CommonName, cn);
-            p.extended_key_usages = vec![usage];
-            let key = or_panic(KeyPair::generate(), "leaf key");
-            let cert = or_panic(p.signed_by(&key, &issuer), "leaf cert");
-            (cert.pem(), key.serialize_pem())
-        };
+        let leaf = |names: Vec<String>, cn: &str, usage| leaf(&issuer, names, cn, usage);
         let (server_cert, server_key) = leaf(
             vec!["localhost".into(), "127.0.0.1".into()],
             "localhost",
@@ -74,7 +83,30 @@ impl Pki {
             client_cert: write("client.pem", &client_cert),
             client_key: write("client-key.pem", &client_key),
             dir,
+            issuer,
         }
+    }
+
+    /// Returns another server certificate of this CA for `names` (PEM
+    /// certificate, PEM key), e.g. a renewed one.
+    pub fn server(&self, cn: &str, names: &[&str]) -> (String, String) {
+        leaf(
+            &self.issuer,
+            names.iter().map(|n| n.to_string()).collect(),
+            cn,
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// Returns another client certificate of this CA (PEM certificate,
+    /// PEM key).
+    pub fn client(&self, cn: &str) -> (String, String) {
+        leaf(
+            &self.issuer,
+            Vec::new(),
+            cn,
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        )
     }
 
     /// The directory holding the files.

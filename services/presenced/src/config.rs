@@ -18,6 +18,24 @@ pub const ROLES: &[&str] = &["directory", "policy", "fanout"];
 pub struct Config {
     /// gRPC listen address.
     pub listen: String,
+    /// PEM certificate chain served on the gRPC port (empty: plaintext).
+    pub tls_cert_file: String,
+    /// PEM private key of `tls_cert_file`.
+    pub tls_key_file: String,
+    /// PEM CA certificates that client certificates must chain to
+    /// (mTLS); empty: clients are not asked for one.
+    pub tls_client_ca_file: String,
+    /// With `tls_client_ca_file`: `required` (a client without a valid
+    /// certificate cannot connect) or `optional` (one it shows must be
+    /// valid).
+    pub tls_client_auth: String,
+    /// How often the TLS files are read again (a changed certificate is
+    /// used for new connections; also on SIGHUP), seconds.
+    pub tls_reload_secs: u64,
+    /// Serve plaintext gRPC on a non-loopback `listen` address (behind a
+    /// TLS-terminating proxy or a private network); without it such a
+    /// configuration is refused.
+    pub allow_plaintext: bool,
     /// Directory for sled data, the signing key and the bootstrap token.
     pub data_dir: PathBuf,
     /// NATS server URL(s); empty means the in-process bus.
@@ -134,6 +152,12 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:50051".into(),
+            tls_cert_file: String::new(),
+            tls_key_file: String::new(),
+            tls_client_ca_file: String::new(),
+            tls_client_auth: "required".into(),
+            tls_reload_secs: 60,
+            allow_plaintext: false,
             data_dir: PathBuf::from("./data"),
             nats_url: String::new(),
             nats_tls_ca_file: String::new(),
@@ -186,6 +210,12 @@ impl Default for Config {
 /// Config keys that may come from `PRESENCE_<KEY>` environment variables.
 pub const ENV_KEYS: &[&str] = &[
     "listen",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_client_ca_file",
+    "tls_client_auth",
+    "tls_reload_secs",
+    "allow_plaintext",
     "data_dir",
     "nats_url",
     "nats_tls_ca_file",
@@ -287,7 +317,8 @@ impl Config {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.listen_addr()?;
+        let listen = self.listen_addr()?;
+        self.validate_tls(listen)?;
         if !self.metrics_listen.is_empty() {
             self.metrics_listen.parse::<SocketAddr>().map_err(|_| {
                 ConfigError(format!(
@@ -506,6 +537,60 @@ impl Config {
         Ok(())
     }
 
+    fn validate_tls(&self, listen: SocketAddr) -> Result<(), ConfigError> {
+        let files = [
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+            ("tls_client_ca_file", &self.tls_client_ca_file),
+        ];
+        for (name, f) in files {
+            if !f.is_empty() && !std::path::Path::new(f).is_file() {
+                return Err(ConfigError(format!("{name} {f:?} is not a readable file")));
+            }
+        }
+        if self.tls_cert_file.is_empty() != self.tls_key_file.is_empty() {
+            return Err(ConfigError(
+                "tls_cert_file and tls_key_file go together".into(),
+            ));
+        }
+        if !self.tls_client_ca_file.is_empty() && self.tls_cert_file.is_empty() {
+            return Err(ConfigError(
+                "tls_client_ca_file (mTLS) needs tls_cert_file and tls_key_file".into(),
+            ));
+        }
+        if !matches!(self.tls_client_auth.as_str(), "required" | "optional") {
+            return Err(ConfigError(format!(
+                "tls_client_auth {:?}: expected required or optional",
+                self.tls_client_auth
+            )));
+        }
+        if !(1..=86_400).contains(&self.tls_reload_secs) {
+            return Err(ConfigError(format!(
+                "tls_reload_secs must be 1..=86400, got {}",
+                self.tls_reload_secs
+            )));
+        }
+        if self.tls_cert_file.is_empty() && !listen.ip().is_loopback() && !self.allow_plaintext {
+            return Err(ConfigError(format!(
+                "listen {listen} is reachable from other hosts but TLS is off: set tls_cert_file \
+                 and tls_key_file, or allow_plaintext = true when a TLS-terminating proxy or a \
+                 private network protects the port (docs/security.md#tls-on-grpc)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The TLS files of the gRPC port, when TLS is on.
+    pub fn grpc_tls(&self) -> Option<crate::tls::TlsFiles> {
+        (!self.tls_cert_file.is_empty()).then(|| crate::tls::TlsFiles {
+            cert: PathBuf::from(&self.tls_cert_file),
+            key: PathBuf::from(&self.tls_key_file),
+            client_ca: (!self.tls_client_ca_file.is_empty())
+                .then(|| PathBuf::from(&self.tls_client_ca_file)),
+            client_cert_required: self.tls_client_auth == "required",
+        })
+    }
+
     /// Returns the node id: the configured one, else the one kept in
     /// `<data_dir>/node-id`, else a new `<hostname>-<random>` written
     /// there. A restarted node thus keeps its identity and takes its own
@@ -645,6 +730,97 @@ mod tests {
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
         }
+    }
+
+    #[test]
+    fn test_plaintext_beyond_loopback_needs_tls_or_an_explicit_flag() {
+        let open = Config {
+            listen: "0.0.0.0:50051".into(),
+            ..Config::default()
+        };
+        let err = open.validate().err().map(|e| e.0).unwrap_or_default();
+        assert!(
+            err.contains("TLS is off") && err.contains("allow_plaintext"),
+            "{err}"
+        );
+        let v6 = Config {
+            listen: "[::]:50051".into(),
+            ..Config::default()
+        };
+        assert!(v6.validate().is_err());
+        let allowed = Config {
+            allow_plaintext: true,
+            ..open.clone()
+        };
+        assert!(allowed.validate().is_ok());
+        let lo6 = Config {
+            listen: "[::1]:50051".into(),
+            ..Config::default()
+        };
+        assert!(lo6.validate().is_ok());
+    }
+
+    #[test]
+    fn test_tls_files_are_checked() {
+        let pki = presence_testkit::pki::Pki::new();
+        let s = |p: &std::path::Path| p.display().to_string();
+        let tls = Config {
+            listen: "0.0.0.0:50051".into(),
+            tls_cert_file: s(&pki.server_cert),
+            tls_key_file: s(&pki.server_key),
+            ..Config::default()
+        };
+        assert!(tls.validate().is_ok(), "TLS beyond loopback");
+        let cases = [
+            (
+                Config {
+                    tls_key_file: String::new(),
+                    ..tls.clone()
+                },
+                "go together",
+            ),
+            (
+                Config {
+                    tls_cert_file: s(&pki.dir().join("missing.pem")),
+                    ..tls.clone()
+                },
+                "missing.pem",
+            ),
+            (
+                Config {
+                    tls_client_auth: "maybe".into(),
+                    ..tls.clone()
+                },
+                "tls_client_auth",
+            ),
+            (
+                Config {
+                    tls_reload_secs: 0,
+                    ..tls.clone()
+                },
+                "tls_reload_secs",
+            ),
+            (
+                Config {
+                    tls_client_ca_file: s(&pki.ca),
+                    tls_cert_file: String::new(),
+                    tls_key_file: String::new(),
+                    ..Config::default()
+                },
+                "needs tls_cert_file",
+            ),
+        ];
+        for (c, want) in cases {
+            let err = c.validate().err().map(|e| e.0).unwrap_or_default();
+            assert!(err.contains(want), "{want}: {err}");
+        }
+        let mtls = Config {
+            tls_client_ca_file: s(&pki.ca),
+            ..tls
+        };
+        let files = mtls.grpc_tls().unwrap_or_else(|| panic!("tls files"));
+        assert!(files.client_cert_required);
+        assert_eq!(files.client_ca.as_deref(), Some(pki.ca.as_path()));
     }
 
     #[test]

@@ -8,6 +8,11 @@
 //! of the rest of the stream. The slot is held until the connection
 //! closes. Requests that send headers but no message are ended by the
 //! server's request timeout (see `Server::run`).
+//!
+//! With TLS configured the TLS handshake comes first, within the same
+//! `handshake_timeout`, and the preface is read through it; the
+//! configuration in force at the moment of the handshake is used, so a
+//! reloaded certificate applies to the next connection.
 
 use std::io;
 use std::pin::Pin;
@@ -29,14 +34,36 @@ pub const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub struct AdmissionConfig {
     /// Connections open at once; more are closed as soon as accepted.
     pub max_connections: usize,
-    /// Time a new connection has to send the HTTP/2 preface.
+    /// Time a new connection has to finish TLS and send the HTTP/2
+    /// preface.
     pub handshake_timeout: Duration,
+}
+
+/// The transport under an admitted connection.
+enum Io {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+macro_rules! io {
+    ($self:ident, $io:ident => $e:expr) => {
+        match &mut $self.io {
+            Io::Plain($io) => {
+                let $io = Pin::new($io);
+                $e
+            }
+            Io::Tls($io) => {
+                let $io = Pin::new($io.as_mut());
+                $e
+            }
+        }
+    };
 }
 
 /// A connection that sent its preface: reads replay the preface first.
 pub struct Admitted {
     head: &'static [u8],
-    io: TcpStream,
+    io: Io,
     info: TcpConnectInfo,
     _slot: OwnedSemaphorePermit,
 }
@@ -61,7 +88,7 @@ impl AsyncRead for Admitted {
             self.head = &self.head[n..];
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        io!(self, io => io.poll_read(cx, buf))
     }
 }
 
@@ -71,7 +98,7 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        io!(self, io => io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -79,19 +106,22 @@ impl AsyncWrite for Admitted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        io!(self, io => io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        match &self.io {
+            Io::Plain(io) => io.is_write_vectored(),
+            Io::Tls(io) => io.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
+        io!(self, io => io.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
+        io!(self, io => io.poll_shutdown(cx))
     }
 }
 
@@ -101,6 +131,7 @@ impl AsyncWrite for Admitted {
 pub fn admit(
     listener: TcpListener,
     cfg: AdmissionConfig,
+    tls: Option<Arc<crate::tls::ServerTls>>,
     shutdown: CancellationToken,
     tracker: &TaskTracker,
 ) -> tokio_stream::wrappers::ReceiverStream<io::Result<Admitted>> {
@@ -134,6 +165,7 @@ pub fn admit(
             };
             let tx = tx.clone();
             let stop = shutdown.clone();
+            let acceptor = tls.as_ref().map(|t| t.acceptor());
             handshakes.spawn(async move {
                 let info = TcpConnectInfo {
                     local_addr: io.local_addr().ok(),
@@ -141,7 +173,7 @@ pub fn admit(
                 };
                 tokio::select! {
                     _ = stop.cancelled() => {}
-                    r = handshake(io, cfg.handshake_timeout) => match r {
+                    r = tokio::time::timeout(cfg.handshake_timeout, handshake(io, acceptor)) => match r.unwrap_or(Err("handshake_timeout")) {
                         Ok(io) => {
                             let conn = Admitted { head: PREFACE, io, info, _slot: slot };
                             // The server stopped taking connections when
@@ -161,17 +193,34 @@ pub fn admit(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-/// Reads the HTTP/2 preface within `timeout`; returns why not otherwise.
-async fn handshake(mut io: TcpStream, timeout: Duration) -> Result<TcpStream, &'static str> {
+/// Does the TLS handshake (with `tls`) and reads the HTTP/2 preface;
+/// returns why not otherwise.
+async fn handshake(
+    io: TcpStream,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<Io, &'static str> {
     if let Err(e) = io.set_nodelay(true) {
         tracing::debug!(error = %e, "set TCP_NODELAY failed");
     }
+    let mut io = match tls {
+        None => Io::Plain(io),
+        Some(acceptor) => match acceptor.accept(io).await {
+            Ok(s) => Io::Tls(Box::new(s)),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return Err("tls_handshake");
+            }
+        },
+    };
     let mut got = [0u8; 24];
-    match tokio::time::timeout(timeout, io.read_exact(&mut got)).await {
-        Err(_) => Err("handshake_timeout"),
-        Ok(Err(_)) => Err("closed"),
-        Ok(Ok(_)) if &got != PREFACE => Err("not_http2"),
-        Ok(Ok(_)) => Ok(io),
+    let read = match &mut io {
+        Io::Plain(s) => s.read_exact(&mut got).await,
+        Io::Tls(s) => s.read_exact(&mut got).await,
+    };
+    match read {
+        Err(_) => Err("closed"),
+        Ok(_) if &got != PREFACE => Err("not_http2"),
+        Ok(_) => Ok(io),
     }
 }
 

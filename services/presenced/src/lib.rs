@@ -25,6 +25,7 @@ pub mod idempotency;
 pub mod incoming;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::{Config, Overrides};
 pub use server::Server;

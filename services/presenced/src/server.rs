@@ -51,6 +51,8 @@ pub struct Server {
     policy: Policy,
     interceptor: AuthInterceptor,
     bootstrap_token: Option<PathBuf>,
+    /// TLS of the gRPC port, when configured.
+    tls: Option<Arc<crate::tls::ServerTls>>,
     /// The replicated directory log, on nodes with the directory or
     /// policy role over NATS.
     replica: Option<Replica>,
@@ -122,6 +124,17 @@ impl Server {
     pub async fn build(mut cfg: Config) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&cfg.data_dir)
             .with_context(|| format!("create data dir {}", cfg.data_dir.display()))?;
+        let tls = match cfg.grpc_tls() {
+            Some(files) => Some(crate::tls::ServerTls::load(files).context("tls")?),
+            None => {
+                if cfg.listen_addr().is_ok_and(|a| !a.ip().is_loopback()) {
+                    tracing::warn!(listen = %cfg.listen, "PLAINTEXT gRPC on a non-loopback address \
+                        (allow_plaintext = true): tokens and passwords cross the network in the clear \
+                        unless a TLS-terminating proxy or a private network protects this port");
+                }
+                None
+            }
+        };
         if !cfg.nats_url.is_empty() {
             // A stable identity across restarts (kept in the data dir).
             cfg.node_id = cfg.node_id().context("node id")?;
@@ -243,6 +256,7 @@ impl Server {
             policy,
             interceptor,
             bootstrap_token,
+            tls,
         })
     }
 
@@ -446,7 +460,7 @@ impl Server {
                 .and_then(|()| std::fs::rename(&tmp, &self.cfg.ready_file))
                 .with_context(|| format!("write ready file {}", self.cfg.ready_file))?;
         }
-        tracing::info!(%addr, bus = self.bus.kind(), roles = %self.cfg.roles.join(","), "serving");
+        tracing::info!(%addr, tls = self.tls.is_some(), bus = self.bus.kind(), roles = %self.cfg.roles.join(","), "serving");
         tasks.close();
         let grace = Duration::from_secs(self.cfg.shutdown_grace_secs);
         let stop = shutdown.clone();
@@ -457,12 +471,18 @@ impl Server {
         // against the peer's delayed ACK they waited up to 40 ms).
         let accept_stop = shutdown.child_token();
         let accepting = tokio_util::task::TaskTracker::new();
+        tasks.spawn(crate::tls::watch(
+            self.tls.clone(),
+            Duration::from_secs(self.cfg.tls_reload_secs),
+            shutdown.clone(),
+        ));
         let incoming = crate::incoming::admit(
             listener,
             crate::incoming::AdmissionConfig {
                 max_connections: self.cfg.max_connections,
                 handshake_timeout: Duration::from_millis(self.cfg.handshake_timeout_ms),
             },
+            self.tls.clone(),
             accept_stop.clone(),
             &accepting,
         );

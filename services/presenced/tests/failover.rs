@@ -144,6 +144,9 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
         ("PRESENCE_CONFIG", conf),
         ("PRESENCE_DIRECTORY_SNAPSHOT_EVERY", "30"),
         ("PRESENCE_DIRECTORY_SNAPSHOT_INTERVAL_MS", "200"),
+        // On loopback, without the shipped certificate paths.
+        ("PRESENCE_TLS_CERT_FILE", ""),
+        ("PRESENCE_TLS_KEY_FILE", ""),
     ];
     let node = |id: &str| node_with(dir, id, &nats.urls(), Some(&key), &ha);
     let (a, url_a) = node("a");
@@ -230,6 +233,8 @@ async fn test_acknowledged_writes_survive_killing_the_log_leader_and_a_node_mid_
             ha[0],
             ha[1],
             ha[2],
+            ha[3],
+            ha[4],
             ("PRESENCE_TEST_CRASH_AFTER_LOG_APPENDS", "1"),
         ],
     );

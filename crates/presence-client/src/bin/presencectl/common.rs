@@ -67,7 +67,13 @@ pub(crate) fn status_err(s: Status) -> String {
         }
         snake.push(c.to_ascii_lowercase());
     }
-    format!("{snake}: {}", s.message())
+    // A transport failure (e.g. a TLS alert after the handshake) says
+    // only "transport error": append its causes.
+    match std::error::Error::source(&s).map(presence_client::causes) {
+        Some(c) if c.starts_with(s.message()) => format!("{snake}: {c}"),
+        Some(c) => format!("{snake}: {}: {c}", s.message()),
+        None => format!("{snake}: {}", s.message()),
+    }
 }
 
 pub(crate) fn saved_token_path() -> Option<PathBuf> {

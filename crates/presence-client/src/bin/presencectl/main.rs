@@ -18,14 +18,14 @@ use clap::{Parser, Subcommand};
 use common::*;
 use directory::*;
 use policy::PolicyCmd;
-use presence_client::{PresenceClient, connect};
+use presence_client::{PresenceClient, connect_with};
 use presence_proto::v1;
 use std::path::PathBuf;
 use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "presencectl", version, about = "Manage a presence broker")]
 struct Cli {
-    /// Server URL.
+    /// Server URL (`https://…` for TLS).
     #[arg(
         long,
         env = "PRESENCE_URL",
@@ -40,6 +40,16 @@ struct Cli {
     /// (~/.config/presence/token), else ./data/bootstrap-admin.token.
     #[arg(long, env = "PRESENCE_TOKEN_FILE", global = true)]
     token_file: Option<PathBuf>,
+    /// PEM CA certificate the server's certificate must chain to
+    /// (https:// URLs; default: the system's roots).
+    #[arg(long, env = "PRESENCE_CA_FILE", global = true)]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (mTLS).
+    #[arg(long, env = "PRESENCE_CERT_FILE", global = true, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// PEM private key of --cert-file.
+    #[arg(long, env = "PRESENCE_KEY_FILE", global = true, requires = "cert_file")]
+    key_file: Option<PathBuf>,
     /// Print JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -135,7 +145,13 @@ enum TokenCmd {
 
 async fn run(cli: Cli) -> CtlResult<()> {
     let token = resolve_token(&cli)?;
-    let mut c: PresenceClient = connect(&cli.server, token.as_deref())
+    let tls = presence_client::Tls {
+        ca_file: cli.ca_file.clone(),
+        cert_file: cli.cert_file.clone(),
+        key_file: cli.key_file.clone(),
+        server_name: None,
+    };
+    let mut c: PresenceClient = connect_with(&cli.server, token.as_deref(), &tls)
         .await
         .map_err(|e| e.to_string())?;
     let out = Out { json: cli.json };
