@@ -35,7 +35,6 @@ pub fn admin() -> Principal {
         name: "bench".into(),
         domains: DomainSet::All,
         rights: vec![rights::ALL.into()],
-        unchecked: Vec::new(),
     }
 }
 

@@ -462,10 +462,9 @@ async fn test_phone_token_for_another_user_is_refused() {
         .unwrap();
 }
 
-/// A fanout-only node holds no directory: it asks policy nodes for a
-/// domain's incarnation before a service token acts there, so a gateway
-/// token of a deleted domain does not watch or publish for the tenant that
-/// created the domain again.
+/// A fanout-only node replicates the directory like every node on NATS:
+/// a gateway token of a deleted domain does not watch or publish for the
+/// tenant that created the domain again, there as anywhere.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_fanout_only_node_refuses_service_tokens_of_a_recreated_domain() {
     let nats = NatsServer::start();
@@ -509,18 +508,58 @@ async fn test_fanout_only_node_refuses_service_tokens_of_a_recreated_domain() {
     let mut on_b = b.client(Some(&gw)).await;
     on_b.presence.watch(watch()).await.unwrap();
     recreate_domain(&mut admin).await;
-    assert_code(on_b.presence.watch(watch()).await.map(drop), Code::NotFound);
-    let r = on_b.presence.publish(status()).await.unwrap().into_inner();
-    assert_eq!(
-        (r.results[0].accepted, r.results[0].reason),
-        (false, v1::RejectReason::NotPermitted as i32),
-        "{}",
-        r.results[0].detail
+    // Read-your-writes on b: its calls wait until it applied a's writes.
+    let seq = admin
+        .directory
+        .get_domain(v1::GetDomainRequest { id: "reuse".into() })
+        .await
+        .unwrap()
+        .metadata()
+        .get("presence-log-sequence")
+        .cloned()
+        .unwrap();
+    fn after<T>(
+        seq: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        msg: T,
+    ) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("presence-min-sequence", seq.clone());
+        r
+    }
+    let err = assert_code(
+        on_b.presence.watch(after(&seq, watch())).await.map(drop),
+        Code::Unauthenticated,
+    );
+    assert!(err.contains("deleted"), "{err}");
+    assert_code(
+        on_b.presence.publish(after(&seq, status())).await.map(drop),
+        Code::Unauthenticated,
     );
     // A token issued for the new tenant works on the same node.
     let fresh = service_token(&mut admin, "gateway", &["reuse"], &["presence.watch"]).await;
     let mut fresh_b = b.client(Some(&fresh)).await;
     fresh_b.presence.watch(watch()).await.unwrap();
+    // A token revoked through a is refused by the fanout-only node.
+    let revoked = admin
+        .auth
+        .revoke_token(v1::RevokeTokenRequest {
+            token: fresh.clone(),
+            token_id: String::new(),
+            expires_at_ms: 0,
+        })
+        .await
+        .unwrap();
+    let seq = revoked
+        .metadata()
+        .get("presence-log-sequence")
+        .cloned()
+        .unwrap();
+    let err = assert_code(
+        fresh_b.presence.watch(after(&seq, watch())).await.map(drop),
+        Code::Unauthenticated,
+    );
+    assert!(err.contains("revoked"), "{err}");
     b.stop().await;
     a.stop().await;
 }

@@ -112,11 +112,6 @@ pub enum Principal {
         domains: DomainSet,
         /// Rights held.
         rights: Vec<String>,
-        /// Domain incarnations the token claims that the validating node
-        /// could not check (it holds no directory): a service acting on
-        /// such a domain must check them first (the fanout does, through
-        /// its ACL view). Empty when every claim was checked.
-        unchecked: Vec<(DomainId, u64)>,
     },
 }
 
@@ -254,7 +249,6 @@ mod tests {
             name: "pbx".into(),
             domains: DomainSet::Some(vec![d("acme")]),
             rights: vec![rights::DIRECTORY_READ.into()],
-            unchecked: Vec::new(),
         };
         assert!(p.has_right(&d("acme"), rights::DIRECTORY_READ));
         assert!(!p.has_right(&d("acme"), rights::DIRECTORY_WRITE));
@@ -272,7 +266,6 @@ mod tests {
             name: "globex-phone-gw".into(),
             domains: DomainSet::Some(ds.iter().map(|x| d(x)).collect()),
             rights: vec![rights::PRESENCE_WATCH.into()],
-            unchecked: Vec::new(),
         };
         let acme = svc(&["acme"]).limit_key(&d("acme"));
         let globex = svc(&["globex"]).limit_key(&d("globex"));
@@ -293,7 +286,6 @@ mod tests {
             name: "admin".into(),
             domains: DomainSet::All,
             rights: vec![rights::ALL.into()],
-            unchecked: Vec::new(),
         };
         assert!(p.has_global_right(rights::DOMAINS_ADMIN));
         assert!(p.has_right(&d("any"), rights::DIRECTORY_WRITE));

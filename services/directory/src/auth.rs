@@ -576,28 +576,13 @@ fn authorize_issue(p: &Principal, domains: &DomainSet, wanted: &[String]) -> Api
 /// is the one it was issued for.
 pub struct StoreValidator {
     store: Arc<Store>,
-    holds_directory: bool,
 }
 
 impl StoreValidator {
-    /// Returns a validator reading `store`, which holds the directory.
+    /// Returns a validator reading `store`, which holds the directory
+    /// (every node does: over NATS, every node replicates it).
     pub fn new(store: Arc<Store>) -> Self {
-        Self {
-            store,
-            holds_directory: true,
-        }
-    }
-
-    /// Returns a validator for a node that does not hold the directory
-    /// (a fanout-only node): it cannot read domains' incarnations, so a
-    /// service principal carries its token's claims in `unchecked` for
-    /// the service acting on a domain to check (the fanout asks policy
-    /// nodes); user and phone tokens find no record and are refused.
-    pub fn without_directory(store: Arc<Store>) -> Self {
-        Self {
-            store,
-            holds_directory: false,
-        }
+        Self { store }
     }
 }
 
@@ -671,20 +656,9 @@ impl SessionValidator for StoreValidator {
                 rights,
                 incs,
             } => {
-                let set = DomainSet::parse(domains).map_err(|_| expired())?;
-                let mut unchecked = Vec::new();
-                let set = match set {
-                    DomainSet::Some(ds) if self.holds_directory => {
-                        DomainSet::Some(live_domains(self.store.as_ref(), ds, incs)?)
-                    }
+                let set = match DomainSet::parse(domains).map_err(|_| expired())? {
                     DomainSet::Some(ds) => {
-                        // Checked later by whoever acts on a domain.
-                        unchecked = ds
-                            .iter()
-                            .enumerate()
-                            .map(|(i, d)| (d.clone(), incs.get(i).copied().unwrap_or(0)))
-                            .collect();
-                        DomainSet::Some(ds)
+                        DomainSet::Some(live_domains(self.store.as_ref(), ds, incs)?)
                     }
                     DomainSet::All => DomainSet::All,
                 };
@@ -697,7 +671,6 @@ impl SessionValidator for StoreValidator {
                     name: name.clone(),
                     domains: set,
                     rights: rights.clone(),
-                    unchecked,
                 })
             }
         }

@@ -229,7 +229,6 @@ mod tests {
             name: "pbx".into(),
             domains: DomainSet::Some(vec![acme.clone()]),
             rights: vec![rights::PRESENCE_PUBLISH.into()],
-            unchecked: Vec::new(),
         };
         assert_eq!(ok(role(&svc, &acme)), Role::Outsider);
     }

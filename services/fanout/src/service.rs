@@ -184,36 +184,6 @@ impl Fanout {
         self.inner.shards.owned()
     }
 
-    /// Returns whether `p`'s binding to domain `d` holds: a service
-    /// token's incarnation of `d` that the validating node could not
-    /// check (no directory on this node) must be the domain's current
-    /// one. A token of a deleted domain must not act on a domain created
-    /// again under its id.
-    async fn live_domain(&self, p: &Principal, d: &DomainId) -> ApiResult<bool> {
-        let Principal::Service { unchecked, .. } = p else {
-            return Ok(true);
-        };
-        let Some((_, claimed)) = unchecked.iter().find(|(x, _)| x == d) else {
-            return Ok(true);
-        };
-        match self.inner.acl.domain_incarnation(d).await {
-            Ok(now) => Ok(now == *claimed),
-            Err(ApiError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Like [`Principal::require_domain`], and the binding of a service
-    /// token to `d` holds ([`Fanout::live_domain`]).
-    async fn require_live_domain(&self, p: &Principal, d: &DomainId) -> ApiResult<()> {
-        p.require_domain(d)?;
-        if self.live_domain(p, d).await? {
-            Ok(())
-        } else {
-            Err(ApiError::domain_not_found(d.as_str()))
-        }
-    }
-
     /// Takes one event of `d` from the node's ingest quota.
     fn admit(&self, d: &DomainId) -> bool {
         let now = self.inner.clock.now_ms();
@@ -267,7 +237,7 @@ impl Fanout {
             };
             // Not permitted is answered before existence, so another
             // tenant learns nothing.
-            if !may_publish(p, &d, &u, &e) || !self.live_domain(p, &d).await? {
+            if !may_publish(p, &d, &u, &e) {
                 results[i] = Some(rejected(
                     RejectReason::NotPermitted,
                     "not allowed to publish for this user or device",
@@ -306,7 +276,7 @@ impl Fanout {
         req: v1::GetPresenceRequest,
     ) -> ApiResult<v1::GetPresenceResponse> {
         let d = DomainId::parse(&req.domain)?;
-        self.require_live_domain(p, &d).await?;
+        p.require_domain(&d)?;
         if req.targets.len() > self.inner.cfg.max_targets {
             return Err(ApiError::ResourceExhausted(format!(
                 "{} targets, at most {}",
@@ -428,7 +398,7 @@ impl Fanout {
         req: v1::WatchRequest,
     ) -> ApiResult<WatchStream<Arc<Shards>>> {
         let d = DomainId::parse(&req.domain)?;
-        self.require_live_domain(p, &d).await?;
+        p.require_domain(&d)?;
         let watcher = match p {
             Principal::User { user, .. } | Principal::Phone { user, .. } => {
                 if !req.watcher.is_empty() && req.watcher != user.as_str() {

@@ -146,10 +146,6 @@ struct Inner {
     cache: moka::sync::Cache<u64, Arc<Table>, Prehashed>,
     fingerprints: std::hash::RandomState,
     epochs: RwLock<HashMap<String, u64>>,
-    /// Domain incarnations learnt from policy nodes (remote source), with
-    /// the domain's local epoch when asked: valid while the epoch is the
-    /// same (deleting a domain moves it). Only existing domains are kept.
-    incarnations: RwLock<HashMap<String, (Option<u64>, u64)>>,
     applied: tokio::sync::watch::Sender<u64>,
 }
 
@@ -177,7 +173,6 @@ impl AclView {
                     .build_with_hasher(Prehashed),
                 fingerprints: std::hash::RandomState::new(),
                 epochs: RwLock::new(HashMap::new()),
-                incarnations: RwLock::new(HashMap::new()),
                 applied,
             }),
         }
@@ -415,34 +410,6 @@ impl AclView {
         }
     }
 
-    /// Returns domain `d`'s current incarnation (`NotFound` when it does
-    /// not exist), from the store or from a policy node. Remote answers
-    /// are cached while the domain's epoch stays the same: deleting the
-    /// domain moves the epoch (an ACL event), so a cached incarnation never
-    /// outlives its domain here.
-    pub async fn domain_incarnation(&self, d: &DomainId) -> ApiResult<u64> {
-        let (bus, timeout) = match &self.inner.source {
-            Source::Local(store) => return crate::remote::domain_incarnation(store, d),
-            Source::Remote { bus, timeout } => (bus, *timeout),
-        };
-        let epoch = self.epoch(d);
-        let cached = match self.inner.incarnations.read() {
-            Ok(g) => g.get(d.as_str()).copied(),
-            Err(p) => p.into_inner().get(d.as_str()).copied(),
-        };
-        if let Some((e, inc)) = cached
-            && e == epoch
-        {
-            return Ok(inc);
-        }
-        let inc = crate::remote::ask_domain(bus, d, timeout).await?;
-        match self.inner.incarnations.write() {
-            Ok(mut g) => g.insert(d.to_string(), (epoch, inc)),
-            Err(p) => p.into_inner().insert(d.to_string(), (epoch, inc)),
-        };
-        Ok(inc)
-    }
-
     /// Returns a receiver that changes whenever an ACL event is applied
     /// (live streams re-check their targets then).
     pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -500,10 +467,6 @@ impl AclView {
     pub fn reset(&self) {
         self.inner.cache.invalidate_all();
         match self.inner.epochs.write() {
-            Ok(mut g) => g.clear(),
-            Err(p) => p.into_inner().clear(),
-        }
-        match self.inner.incarnations.write() {
             Ok(mut g) => g.clear(),
             Err(p) => p.into_inner().clear(),
         }

@@ -81,6 +81,8 @@ fn failed(e: &ApiError) -> (String, String) {
 /// Answers one request with the encoded reply.
 fn answer(store: &Store, m: &BusMessage) -> Vec<u8> {
     match parse_subject(&m.subject) {
+        // Asked by fanout nodes of earlier versions (which held no
+        // directory) during a rolling upgrade.
         Ok((Asked::Domain, d)) => match domain_incarnation(store, &d) {
             Ok(incarnation) => v1::DomainReply {
                 incarnation,
@@ -248,27 +250,6 @@ pub async fn ask(
             &reply.error_code,
             reply.error_message,
         )),
-    }
-}
-
-/// Asks a policy node for domain `d`'s current incarnation.
-pub async fn ask_domain(
-    bus: &SharedBus,
-    d: &DomainId,
-    timeout: std::time::Duration,
-) -> ApiResult<u64> {
-    let bytes = bus
-        .request(subjects::policy_domain(d), Default::default(), timeout)
-        .await?;
-    let reply = v1::DomainReply::decode(bytes)
-        .map_err(|e| ApiError::Internal(format!("malformed domain reply: {e}")))?;
-    if reply.error_code.is_empty() {
-        Ok(reply.incarnation)
-    } else {
-        Err(ApiError::from_code_name(
-            &reply.error_code,
-            reply.error_message,
-        ))
     }
 }
 

@@ -35,7 +35,6 @@ fn admin() -> Principal {
         name: "test".into(),
         domains: DomainSet::All,
         rights: vec![rights::ALL.into()],
-        unchecked: Vec::new(),
     }
 }
 

@@ -167,10 +167,13 @@ impl Server {
             .map_err(|e| anyhow::anyhow!("open directory store: {e}"))?;
         let store = Arc::new(store);
         let local_bus: SharedBus = Arc::new(InProcessBus::new(cfg.bus_capacity));
-        let keeps_store = cfg.has_role("directory") || cfg.has_role("policy");
+        // Every node over NATS replicates the directory, whatever its
+        // roles: it checks every token (user and phone sessions,
+        // revocations, signing keys, domain incarnations) against current
+        // data, never on a token's claims alone.
         // Before anything reads the store: it may load a snapshot.
         let replica = match &nats {
-            Some(client) if keeps_store => {
+            Some(client) => {
                 if store.log_sequence().map_err(|e| anyhow::anyhow!("{e}"))? == 0
                     && store.sequence().map_err(|e| anyhow::anyhow!("{e}"))? > 0
                 {
@@ -231,14 +234,7 @@ impl Server {
         // The policy keeps its records in the directory store: its
         // cascades must run whatever roles this process serves.
         let policy = Policy::new(directory.clone(), PolicyConfig::default());
-        // A node without the directory cannot tell a domain's current
-        // incarnation: it takes service tokens on their claims (closed
-        // when every node replicates the directory).
-        let validator = if cfg.has_role("directory") || cfg.has_role("policy") {
-            StoreValidator::new(store.clone())
-        } else {
-            StoreValidator::without_directory(store.clone())
-        };
+        let validator = StoreValidator::new(store.clone());
         let interceptor = AuthInterceptor::required(signer.clone(), Arc::new(validator));
         if let Some(r) = &replica {
             directory

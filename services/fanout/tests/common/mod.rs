@@ -94,7 +94,6 @@ pub fn gateway() -> Principal {
         name: "gateway".into(),
         domains: DomainSet::All,
         rights: vec![rights::PRESENCE_WATCH.into()],
-        unchecked: Vec::new(),
     }
 }
 
@@ -136,7 +135,6 @@ impl World {
             name: "t".into(),
             domains: DomainSet::All,
             rights: vec![rights::ALL.into()],
-            unchecked: Vec::new(),
         };
         dir.create_domain(
             &admin,
