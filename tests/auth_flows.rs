@@ -690,3 +690,166 @@ async fn test_revoked_tokens_are_refused() {
     );
     ops.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
 }
+
+/// Issues a deployment-wide administrator token through `c`.
+async fn admin_token(c: &mut presence_client::PresenceClient, name: &str) -> String {
+    c.auth
+        .issue_token(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: name.into(),
+                    domains: vec!["*".into()],
+                    rights: vec!["*".into()],
+                },
+            )),
+            ttl_seconds: 600,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token
+}
+
+fn key_of(token: &str) -> &str {
+    presence_auth::token::key_id_of(token).unwrap()
+}
+
+#[tokio::test]
+async fn test_signing_keys_rotate_without_ending_sessions_and_retiring_ends_their_tokens() {
+    let sb = setup().await;
+    let mut boot = sb.admin.clone();
+    assert_eq!(key_of(&sb.admin_token), "deployment");
+    let keys = boot
+        .auth
+        .list_signing_keys(v1::ListSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    assert_eq!(keys.len(), 1);
+    assert!(keys[0].id == "deployment" && keys[0].signing && keys[0].retired_at_ms == 0);
+    let jack_before = sb.login_token("acme", "1001", PW).await;
+    assert_eq!(key_of(&jack_before), "deployment");
+
+    // A new key signs every later token; earlier ones go on working.
+    let k1 = boot
+        .auth
+        .add_signing_key(v1::AddSigningKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        k1.signing && k1.added_by.contains("bootstrap-admin"),
+        "{k1:?}"
+    );
+    let jack_k1 = sb.login_token("acme", "1001", PW).await;
+    assert_eq!(key_of(&jack_k1), k1.id);
+    let admin_k1 = admin_token(&mut boot, "ops").await;
+    assert_eq!(key_of(&admin_k1), k1.id);
+    for t in [&jack_before, &jack_k1, &sb.admin_token] {
+        let mut c = sb.client(Some(t)).await;
+        c.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    }
+
+    // Retire the deployment key: its tokens (the bootstrap one too) end.
+    let mut ops = sb.client(Some(&admin_k1)).await;
+    let retired = ops
+        .auth
+        .retire_signing_key(v1::RetireSigningKeyRequest {
+            id: "deployment".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(retired.retired_at_ms > 0 && retired.retired_by.contains("ops"));
+    for t in [&jack_before, &sb.admin_token] {
+        let mut c = sb.client(Some(t)).await;
+        let err = assert_code(
+            c.auth.who_am_i(v1::WhoAmIRequest {}).await,
+            Code::Unauthenticated,
+        );
+        assert!(err.contains("retired"), "{err}");
+    }
+    // Retiring again changes nothing; k1 is now the only key: kept.
+    ops.auth
+        .retire_signing_key(v1::RetireSigningKeyRequest {
+            id: "deployment".into(),
+        })
+        .await
+        .unwrap();
+    let err = assert_code(
+        ops.auth
+            .retire_signing_key(v1::RetireSigningKeyRequest { id: k1.id.clone() })
+            .await,
+        Code::FailedPrecondition,
+    );
+    assert!(err.contains("no key to sign"), "{err}");
+
+    // k2 takes over; retiring k1 ends k1's tokens only.
+    let k2 = ops
+        .auth
+        .add_signing_key(v1::AddSigningKeyRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let admin_k2 = admin_token(&mut ops, "ops2").await;
+    assert_eq!(key_of(&admin_k2), k2.id);
+    let mut ops2 = sb.client(Some(&admin_k2)).await;
+    ops2.auth
+        .retire_signing_key(v1::RetireSigningKeyRequest { id: k1.id.clone() })
+        .await
+        .unwrap();
+    for t in [&jack_k1, &admin_k1] {
+        let mut c = sb.client(Some(t)).await;
+        assert_code(
+            c.auth.who_am_i(v1::WhoAmIRequest {}).await,
+            Code::Unauthenticated,
+        );
+    }
+    let jack_k2 = sb.login_token("acme", "1001", PW).await;
+    assert_eq!(key_of(&jack_k2), k2.id);
+    let listed = ops2
+        .auth
+        .list_signing_keys(v1::ListSigningKeysRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .keys;
+    let ids: Vec<(&str, bool, bool)> = listed
+        .iter()
+        .map(|k| (k.id.as_str(), k.signing, k.retired_at_ms > 0))
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            (k2.id.as_str(), true, false),
+            (k1.id.as_str(), false, true),
+            ("deployment", false, true)
+        ]
+    );
+
+    // Bad input.
+    for (id, code) in [
+        ("nope", Code::InvalidArgument),
+        ("0123456789ABCDEF", Code::InvalidArgument),
+        ("", Code::InvalidArgument),
+        ("0123456789abcdef", Code::NotFound),
+    ] {
+        assert_code(
+            ops2.auth
+                .retire_signing_key(v1::RetireSigningKeyRequest { id: id.into() })
+                .await,
+            code,
+        );
+    }
+    // The keys survive a restart (they are directory records).
+    let sb = sb.restart().await;
+    let mut c = sb.client(Some(&jack_k2)).await;
+    c.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    let mut c = sb.client(Some(&jack_k1)).await;
+    assert_code(
+        c.auth.who_am_i(v1::WhoAmIRequest {}).await,
+        Code::Unauthenticated,
+    );
+    sb.stop().await;
+}

@@ -47,6 +47,10 @@ const MATRIX: &[(&str, &str)] = &[
     ("issue_token",         "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("revoke_token_by_id",  "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("who_am_i",            "ok   ok  ok  ok  ok    ok    ok     ok       ok    UA   ok"),
+    ("list_signing_keys",   "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
+    ("add_signing_key",     "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
+    // An unknown key: the admin gets past authorization to NotFound.
+    ("retire_signing_key",  "NF   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
 ];
 
 const PW: &str = "correct horse battery";
@@ -449,6 +453,23 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
             .await
             .map(drop),
         "who_am_i" => c.auth.who_am_i(v1::WhoAmIRequest {}).await.map(drop),
+        "list_signing_keys" => c
+            .auth
+            .list_signing_keys(v1::ListSigningKeysRequest {})
+            .await
+            .map(drop),
+        "add_signing_key" => c
+            .auth
+            .add_signing_key(v1::AddSigningKeyRequest {})
+            .await
+            .map(drop),
+        "retire_signing_key" => c
+            .auth
+            .retire_signing_key(v1::RetireSigningKeyRequest {
+                id: format!("{:016x}", i + 1),
+            })
+            .await
+            .map(drop),
         "list_domains" => dir
             .list_domains(v1::ListDomainsRequest::default())
             .await

@@ -23,10 +23,13 @@ pub mod rights {
     pub const POLICY_READ: &str = "policy.read";
     /// Change presence policy.
     pub const POLICY_WRITE: &str = "policy.write";
+    /// Add and retire token signing keys (held for every domain).
+    pub const KEYS_ADMIN: &str = "keys.admin";
 
     /// Every named right, for validation.
     pub const KNOWN: &[&str] = &[
         ALL,
+        KEYS_ADMIN,
         DOMAINS_ADMIN,
         DIRECTORY_READ,
         DIRECTORY_WRITE,

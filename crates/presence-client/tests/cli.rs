@@ -138,6 +138,63 @@ async fn test_presencectl_over_tls_with_a_ca_file_and_a_client_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_presencectl_rotates_signing_keys() {
+    let (ctl, server) = start().await;
+    tokio::task::spawn_blocking(move || {
+        let list = ctl.ok(&["keys", "list"]);
+        assert!(
+            list.contains("deployment") && list.contains("signing"),
+            "{list}"
+        );
+        let added: serde_json::Value =
+            serde_json::from_str(&ctl.ok(&["--json", "keys", "add"])).unwrap();
+        let id = added["id"].as_str().unwrap().to_owned();
+        assert_eq!(added["signing"], true, "{added}");
+        // A new admin token under the new key, before the old one goes.
+        let issued: serde_json::Value = serde_json::from_str(&ctl.ok(&[
+            "--json",
+            "token",
+            "issue",
+            "--service",
+            "ops",
+            "--domain",
+            "*",
+            "--right",
+            "*",
+        ]))
+        .unwrap();
+        let ops = Ctl {
+            token: issued["token"].as_str().unwrap().to_owned(),
+            url: ctl.url.clone(),
+            home: tempfile::tempdir().unwrap(),
+        };
+        let out = ops.ok(&["keys", "retire", "deployment"]);
+        assert!(
+            out.contains("retired") && out.contains("service ops"),
+            "{out}"
+        );
+        let (ok, _, err) = ctl.run(&["whoami"]);
+        assert!(!ok && err.contains("retired"), "{err}");
+        let list = ops.ok(&["keys", "list"]);
+        let first = list.lines().nth(1).unwrap_or_default();
+        assert!(
+            first.starts_with(&id) && first.contains("signing"),
+            "{list}"
+        );
+        let (ok, _, err) = ops.run(&["keys", "retire", &id]);
+        assert!(
+            !ok && err.starts_with("error: failed_precondition"),
+            "{err}"
+        );
+        let (ok, _, err) = ops.run(&["keys", "retire", "nonsense"]);
+        assert!(!ok && err.starts_with("error: invalid_argument"), "{err}");
+    })
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn test_presencectl_end_to_end() {
     let (ctl, server) = start().await;
 

@@ -108,6 +108,42 @@ impl AuthService for AuthGrpc {
             .map_err(|e| respond("revoke_token", e))
     }
 
+    async fn list_signing_keys(
+        &self,
+        request: Request<v1::ListSigningKeysRequest>,
+    ) -> Result<Response<v1::ListSigningKeysResponse>, Status> {
+        let p = principal_of(&request).map_err(|e| respond("list_signing_keys", e))?;
+        self.0
+            .list_signing_keys(&p)
+            .await
+            .map(Response::new)
+            .map_err(|e| respond("list_signing_keys", e))
+    }
+
+    async fn add_signing_key(
+        &self,
+        request: Request<v1::AddSigningKeyRequest>,
+    ) -> Result<Response<v1::SigningKey>, Status> {
+        let p = principal_of(&request).map_err(|e| respond("add_signing_key", e))?;
+        self.0
+            .add_signing_key(&p)
+            .await
+            .map(Response::new)
+            .map_err(|e| respond("add_signing_key", e))
+    }
+
+    async fn retire_signing_key(
+        &self,
+        request: Request<v1::RetireSigningKeyRequest>,
+    ) -> Result<Response<v1::SigningKey>, Status> {
+        let p = principal_of(&request).map_err(|e| respond("retire_signing_key", e))?;
+        self.0
+            .retire_signing_key(&p, &request.get_ref().id)
+            .await
+            .map(Response::new)
+            .map_err(|e| respond("retire_signing_key", e))
+    }
+
     async fn accept_welcome(
         &self,
         request: Request<v1::AcceptWelcomeRequest>,

@@ -29,6 +29,7 @@ pub mod compaction;
 pub mod grpc;
 pub mod hashing;
 pub mod hooks;
+pub mod keyring;
 mod options;
 mod phones;
 pub mod queues;

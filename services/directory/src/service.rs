@@ -151,6 +151,9 @@ impl Directory {
         cfg: DirectoryConfig,
     ) -> ApiResult<Self> {
         let dummy_hash = password::hash("presence-dummy-password", cfg.hash_cost)?;
+        // Every clone of the signer (the interceptor's too) signs and
+        // verifies with the ring this store holds.
+        Self::attach_keyring(&signer, &store);
         Ok(Self {
             inner: Arc::new(Inner {
                 hooks: std::sync::RwLock::new(Vec::new()),

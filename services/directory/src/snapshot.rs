@@ -290,6 +290,7 @@ impl Store {
             }
         }
         self.tree.apply_batch(batch).map_err(storage)?;
+        self.committed();
         let outcomes = [
             keys::prefix(keys::TX, &[]),
             keys::prefix(keys::TX_BY_SEQ, &[]),
@@ -319,6 +320,7 @@ impl Store {
         );
         batch.remove(loading);
         self.tree.apply_batch(batch).map_err(storage)?;
+        self.committed();
         self.db.flush().map_err(storage)?;
         drop(guard);
         info.log_sequence = log;

@@ -68,6 +68,9 @@ pub mod keys {
     pub const META: &str = "M";
     /// A revoked token by id (`R\0token_id`), with its expiry.
     pub const REVOKED: &str = "R";
+    /// A key of the signing key ring (`K\0key_id`; `K\0deployment` for
+    /// the deployment key's retirement).
+    pub const SIGNING_KEY: &str = "K";
     /// Incarnation of a domain (`N\0domain`), a user
     /// (`N\0domain\0u\0user`) or a phone (`N\0domain\0p\0mac`): a random
     /// nonzero id drawn when the record is created, so a record deleted
@@ -97,6 +100,8 @@ pub struct Store {
     pub(crate) tree: sled::Tree,
     pub(crate) write_lock: Mutex<()>,
     pub(crate) sync: bool,
+    /// Moves after every commit (see [`Store::generation`]).
+    pub(crate) commits: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn storage(e: sled::Error) -> ApiError {
@@ -135,6 +140,7 @@ impl Store {
             tree,
             write_lock: Mutex::new(()),
             sync,
+            commits: std::sync::atomic::AtomicU64::new(0),
         };
         store.migrate_phone_keys()?;
         Ok(store)
@@ -237,6 +243,7 @@ impl Store {
         }
         batch.insert(keys::key(keys::META, &["seq"]), seq.to_be_bytes().to_vec());
         self.tree.apply_batch(batch).map_err(storage)?;
+        self.committed();
         drop(guard);
         // Acknowledge only what is on disk; concurrent commits share the
         // flush (group commit).
@@ -366,6 +373,7 @@ impl Store {
             })
         };
         self.tree.apply_batch(batch).map_err(storage)?;
+        self.committed();
         drop(guard);
         if self.sync {
             self.db.flush().map_err(storage)?;
@@ -409,6 +417,18 @@ impl Store {
             }
         }
         Ok(true)
+    }
+
+    /// A number that moves after every commit (writes, applied log
+    /// entries, loaded snapshots): what was derived from the store (the
+    /// signing key ring) is read again when it moved.
+    pub fn generation(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    pub(crate) fn committed(&self) {
+        self.commits
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Writes a value that belongs to this node only (never replicated,

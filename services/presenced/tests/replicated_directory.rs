@@ -21,6 +21,10 @@ use presence_testkit::NatsCluster;
 use std::time::Duration;
 use tonic::Code;
 
+async fn cc_admin(url: &str, token: &str) -> presence_client::PresenceClient {
+    connect(url, Some(token)).await.unwrap()
+}
+
 async fn next_event(s: &mut tonic::Streaming<v1::WatchEvent>) -> v1::watch_event::Event {
     tokio::time::timeout(Duration::from_secs(10), s.message())
         .await
@@ -356,6 +360,64 @@ async fn test_three_nodes_share_one_directory_through_the_log() {
         (e.code(), e.message()),
         (Code::Unauthenticated, "token revoked")
     );
+
+    // A signing key added through a signs tokens issued by b (once b
+    // applied it), which c verifies; retired through c, its tokens are
+    // refused by a.
+    let added = ca
+        .auth
+        .add_signing_key(v1::AddSigningKeyRequest {})
+        .await
+        .unwrap();
+    let after = |seq: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>| {
+        let mut r = tonic::Request::new(v1::IssueTokenRequest {
+            subject: Some(v1::issue_token_request::Subject::Service(
+                v1::ServicePrincipal {
+                    name: "gw2".into(),
+                    domains: vec!["acme".into()],
+                    rights: vec!["directory.read".into()],
+                },
+            )),
+            ttl_seconds: 600,
+        });
+        r.metadata_mut()
+            .insert("presence-min-sequence", seq.clone());
+        r
+    };
+    let seq = added
+        .metadata()
+        .get("presence-log-sequence")
+        .unwrap()
+        .clone();
+    let ring_key = added.into_inner();
+    let by_b = cb.auth.issue_token(after(&seq)).await.unwrap().into_inner();
+    assert_eq!(
+        presence_auth::token::key_id_of(&by_b.token),
+        Some(ring_key.id.as_str())
+    );
+    let mut gw2_c = connect(&url_c, Some(&by_b.token)).await.unwrap();
+    gw2_c.auth.who_am_i(v1::WhoAmIRequest {}).await.unwrap();
+    // The token that retires it must outlive it: signed by the deployment
+    // key, which stays active.
+    let retired = cc_admin(&url_c, &token)
+        .await
+        .auth
+        .retire_signing_key(v1::RetireSigningKeyRequest {
+            id: ring_key.id.clone(),
+        })
+        .await
+        .unwrap();
+    let seq = retired
+        .metadata()
+        .get("presence-log-sequence")
+        .unwrap()
+        .clone();
+    let mut gw2_a = connect(&url_a, Some(&by_b.token)).await.unwrap();
+    let mut who = tonic::Request::new(v1::WhoAmIRequest {});
+    who.metadata_mut().insert("presence-min-sequence", seq);
+    let e = gw2_a.auth.who_am_i(who).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("retired"), "{}", e.message());
 
     // Node c killed with -9; writes go on through a and b; c comes back
     // and catches up before it serves.

@@ -387,3 +387,42 @@ pub(crate) fn save_token(token: &str, print: bool) -> CtlResult<()> {
     eprintln!("token saved to {}", path.display());
     Ok(())
 }
+
+/// Formats unix milliseconds as UTC `YYYY-MM-DD HH:MM:SSZ` ("-" for 0).
+pub(crate) fn utc(ms: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::utc;
+
+    #[test]
+    fn test_utc_formats_known_instants() {
+        assert_eq!(utc(0), "-");
+        assert_eq!(utc(1), "1970-01-01 00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00Z");
+        assert_eq!(utc(1_796_319_994_000), "2026-12-03 17:46:34Z");
+        assert_eq!(utc(-1000), "1969-12-31 23:59:59Z");
+    }
+}

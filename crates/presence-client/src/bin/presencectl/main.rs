@@ -6,11 +6,12 @@
 //!
 //! One module per command group: [`directory`] (domains, sites, users,
 //! options, phones, queues), [`policy`], [`presence`] (get, watch,
-//! publish); [`common`] holds argument parsing, errors, saved tokens and
+//! publish), [`keys`] (signing keys); [`common`] holds argument parsing, errors, saved tokens and
 //! the table/JSON output.
 
 mod common;
 mod directory;
+mod keys;
 mod policy;
 mod presence;
 
@@ -108,6 +109,9 @@ enum Cmd {
     /// Tokens for services and phones.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Token signing keys: list, add, retire.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
     /// Presence permissions: settings, grants, lines, checks.
     #[command(subcommand)]
     Policy(PolicyCmd),
@@ -241,6 +245,7 @@ async fn run(cli: Cli) -> CtlResult<()> {
         Cmd::Queues(cmd) => directory::queues(&mut c, &out, cmd).await?,
         Cmd::Policy(cmd) => policy::policy_cmd(&mut c, &out, cmd).await?,
         Cmd::Presence(cmd) => presence::run(&mut c, &out, cmd).await?,
+        Cmd::Keys(cmd) => keys::keys_cmd(&mut c, &out, cmd).await?,
         Cmd::Token(TokenCmd::Revoke { revoked, id }) => {
             let token = match revoked.as_deref() {
                 Some("-") => {
