@@ -47,6 +47,9 @@ const MATRIX: &[(&str, &str)] = &[
     ("issue_token",         "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("revoke_token_by_id",  "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("who_am_i",            "ok   ok  ok  ok  ok    ok    ok     ok       ok    UA   ok"),
+    ("audit_domain",        "ok   ok  PD  PD  PD    PD    ok     PD       NF    UA   PD"),
+    ("audit_basic",         "ok   ok  ok  PD  PD    ok    ok     PD       NF    UA   PD"),
+    ("audit_deployment",    "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("list_signing_keys",   "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     ("add_signing_key",     "ok   PD  PD  PD  PD    PD    PD     PD       PD    UA   PD"),
     // An unknown key: the admin gets past authorization to NotFound.
@@ -453,6 +456,22 @@ async fn call(op: &str, i: usize, c: &mut PresenceClient) -> Result<(), Status> 
             .await
             .map(drop),
         "who_am_i" => c.auth.who_am_i(v1::WhoAmIRequest {}).await.map(drop),
+        "audit_domain" | "audit_basic" | "audit_deployment" => dir
+            .list_audit_events(v1::ListAuditEventsRequest {
+                domain: if op == "audit_deployment" {
+                    String::new()
+                } else {
+                    d()
+                },
+                user: if op == "audit_basic" {
+                    "basic".into()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            })
+            .await
+            .map(drop),
         "list_signing_keys" => c
             .auth
             .list_signing_keys(v1::ListSigningKeysRequest {})

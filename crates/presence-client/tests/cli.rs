@@ -188,6 +188,53 @@ async fn test_presencectl_rotates_signing_keys() {
         );
         let (ok, _, err) = ops.run(&["keys", "retire", "nonsense"]);
         assert!(!ok && err.starts_with("error: invalid_argument"), "{err}");
+
+        // The deployment-wide trail shows both, newest first.
+        let wide = ops.ok(&["audit"]);
+        let lines: Vec<&str> = wide.lines().collect();
+        assert!(
+            lines[0].starts_with("TIME") && lines[0].contains("ACTION"),
+            "{wide}"
+        );
+        assert!(
+            lines[1].contains("key.retire") && lines[1].contains("service ops"),
+            "{wide}"
+        );
+        assert!(
+            lines[2].contains("token.issue") && lines[3].contains("key.add"),
+            "{wide}"
+        );
+        // A user's trail, paged through with --all.
+        ops.ok(&["domains", "create", "acme"]);
+        ops.ok(&["sites", "create", "-d", "acme", "hq"]);
+        ops.ok(&["users", "create", "-d", "acme", "1001", "--site", "hq"]);
+        ops.ok(&[
+            "users",
+            "update",
+            "-d",
+            "acme",
+            "1001",
+            "--scope",
+            "office-manager",
+        ]);
+        let page = ops.ok(&["audit", "-d", "acme", "-u", "1001", "--limit", "1"]);
+        assert!(
+            page.contains("user.scope") && page.contains("next page: --page-token"),
+            "{page}"
+        );
+        let all: serde_json::Value = serde_json::from_str(&ops.ok(&[
+            "--json", "audit", "-d", "acme", "-u", "1001", "--limit", "1", "--all",
+        ]))
+        .unwrap();
+        let actions: Vec<&str> = all["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["action"].as_str().unwrap())
+            .collect();
+        assert_eq!(actions, ["user.scope", "user.create"]);
+        let (ok, _, err) = ops.run(&["audit", "-u", "1001"]);
+        assert!(!ok && err.starts_with("error: invalid_argument"), "{err}");
     })
     .await
     .unwrap();

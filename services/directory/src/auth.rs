@@ -443,8 +443,29 @@ impl Directory {
                 }
             }
         };
+        let (trails, user, about) = token_trails(&subject);
         let (token, claims) = self.signer().issue(subject, ttl_ms);
         let token_id = presence_auth::token::token_id(&token);
+        let audit = crate::audit::Auditor::new(p);
+        let after = format!(
+            "{about} token_id={token_id} key={} expires_at_ms={}",
+            presence_auth::token::key_id_of(&token).unwrap_or("-"),
+            claims.exp
+        );
+        self.write(move |tx| {
+            for d in &trails {
+                audit.record(
+                    tx,
+                    d.as_ref(),
+                    &user,
+                    "token.issue",
+                    String::new(),
+                    after.clone(),
+                );
+            }
+            Ok(())
+        })
+        .await?;
         tracing::info!(by = %p.describe(), %token_id, "token issued");
         Ok(v1::IssueTokenResponse {
             token,
@@ -463,6 +484,10 @@ impl Directory {
         req: v1::RevokeTokenRequest,
     ) -> ApiResult<v1::RevokeTokenResponse> {
         use presence_auth::token::{is_token_id, token_id};
+        // Where the revocation is recorded: the trails of the domains the
+        // token names (by id alone: deployment-wide).
+        let mut trails: Vec<Option<DomainId>> = vec![None];
+        let mut about = (String::new(), String::from("token"));
         let (id, exp) = match (req.token.is_empty(), req.token_id.is_empty()) {
             (false, true) => {
                 let claims = self
@@ -473,6 +498,9 @@ impl Directory {
                 if own != Some(id.as_str()) {
                     authorize_revoke(p, &claims.sub)?;
                 }
+                let (t, user, what) = token_trails(&claims.sub);
+                trails = t;
+                about = (user, what);
                 if claims.exp <= presence_auth::token::now_ms() {
                     return Ok(v1::RevokeTokenResponse {
                         token_id: id,
@@ -502,11 +530,23 @@ impl Directory {
             _ => return Err(ApiError::invalid("give token or token_id, not both")),
         };
         let k = key(keys::REVOKED, &[id.as_str()]);
+        let audit = crate::audit::Auditor::new(p);
+        let id2 = id.clone();
         self.write(move |tx| {
             tx.put(
                 k.clone(),
                 &crate::records::RevokedRecord { expires_at_ms: exp },
             );
+            for d in &trails {
+                audit.record(
+                    tx,
+                    d.as_ref(),
+                    &about.0,
+                    "token.revoke",
+                    format!("{} token_id={id2}", about.1),
+                    "revoked".into(),
+                );
+            }
             Ok(())
         })
         .await?;
@@ -690,4 +730,43 @@ fn live_domains(r: &impl Read, ds: Vec<DomainId>, incs: &[u64]) -> ApiResult<Vec
         }
     }
     Ok(out)
+}
+
+/// The audit trails a token belongs in (`None`: deployment-wide), the
+/// user it is about (phones: the owner) and a short description.
+fn token_trails(sub: &Subject) -> (Vec<Option<DomainId>>, String, String) {
+    match sub {
+        Subject::User { domain, user, .. } => (
+            vec![DomainId::parse(domain).ok()],
+            user.clone(),
+            format!("session of user {domain}/{user}"),
+        ),
+        Subject::Phone {
+            domain, user, mac, ..
+        } => (
+            vec![DomainId::parse(domain).ok()],
+            user.clone(),
+            format!("phone {mac}"),
+        ),
+        Subject::Service {
+            name,
+            domains,
+            rights,
+            ..
+        } => {
+            let trails = match DomainSet::parse(domains) {
+                Ok(DomainSet::Some(ds)) => ds.into_iter().map(Some).collect(),
+                _ => vec![None],
+            };
+            (
+                trails,
+                String::new(),
+                format!(
+                    "service {name} domains={} rights={}",
+                    crate::audit::list(domains),
+                    crate::audit::list(rights)
+                ),
+            )
+        }
+    }
 }

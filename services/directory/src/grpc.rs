@@ -76,6 +76,7 @@ directory_rpcs! {
     list_queues(v1::ListQueuesRequest) -> v1::ListQueuesResponse;
     set_queue_members(v1::SetQueueMembersRequest) -> v1::Queue;
     set_queue_login(v1::SetQueueLoginRequest) -> v1::Queue;
+    list_audit_events(v1::ListAuditEventsRequest) -> v1::ListAuditEventsResponse;
 }
 
 #[tonic::async_trait]

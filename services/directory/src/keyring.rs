@@ -157,6 +157,7 @@ impl Directory {
         let (id, wrapped) = self.signer().new_ring_key();
         let by = p.describe();
         let created_ms = now_ms();
+        let audit = crate::audit::Auditor::new(p);
         let added = self
             .write(move |tx| {
                 let recs = tx_records(tx)?;
@@ -170,6 +171,14 @@ impl Directory {
                     retired_by: String::new(),
                 };
                 tx.put(keys::key(keys::SIGNING_KEY, &[&id]), &rec);
+                audit.record(
+                    tx,
+                    None,
+                    "",
+                    "key.add",
+                    String::new(),
+                    format!("key {id} signing"),
+                );
                 Ok(view(&id, &rec, &id))
             })
             .await?;
@@ -187,6 +196,7 @@ impl Directory {
             )));
         }
         let (id, by, now) = (id.to_owned(), p.describe(), now_ms());
+        let audit = crate::audit::Auditor::new(p);
         let retired = self
             .write(move |tx| {
                 let mut recs = tx_records(tx)?;
@@ -214,6 +224,14 @@ impl Directory {
                 recs[i].1.retired_by = by.clone();
                 tx.put(keys::key(keys::SIGNING_KEY, &[&id]), &recs[i].1);
                 let signing = signing_of(&recs);
+                audit.record(
+                    tx,
+                    None,
+                    "",
+                    "key.retire",
+                    format!("key {id} active"),
+                    format!("key {id} retired; {signing} signs"),
+                );
                 Ok(view(&id, &recs[i].1, &signing))
             })
             .await?;

@@ -23,6 +23,7 @@
 //!   behind them;
 //! - [`grpc`]: the tonic adapters.
 
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod compaction;

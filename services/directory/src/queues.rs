@@ -1,5 +1,6 @@
 //! Call queues: agents, supervisors and agent logins.
 
+use crate::audit::{Auditor, list};
 use crate::authz::{Role, role};
 use crate::records::{Read, check_version, event};
 use crate::service::{Directory, key};
@@ -124,6 +125,7 @@ impl Directory {
         let agents = parse_unique("agent", &req.agents)?;
         let supervisors = parse_unique("supervisor", &req.supervisors)?;
         let hooks = self.hooks();
+        let audit = Auditor::new(p);
         self.write(move |tx| {
             tx.domain(&d)?;
             let (mut q, qu) = load(tx, &d, &id)?;
@@ -184,6 +186,15 @@ impl Directory {
                     )));
                 }
             }
+            let members = |q: &v1::Queue| {
+                let agents: Vec<&str> = q.agents.iter().map(|a| a.user.as_str()).collect();
+                format!(
+                    "agents={} supervisors={}",
+                    list(&agents),
+                    list(&q.supervisors)
+                )
+            };
+            let before = members(&q);
             let old = std::mem::take(&mut q.agents);
             q.agents = agents
                 .iter()
@@ -194,6 +205,10 @@ impl Directory {
                 .collect();
             q.supervisors = supervisors.iter().map(|s| s.to_string()).collect();
             q.version += 1;
+            let after = members(&q);
+            if before != after {
+                audit.record(tx, Some(&d), id.as_str(), "queue.members", before, after);
+            }
             let mut concerned: Vec<String> = old.iter().map(|a| a.user.clone()).collect();
             concerned.extend(q.agents.iter().map(|a| a.user.clone()));
             concerned.extend(q.supervisors.iter().cloned());

@@ -526,6 +526,7 @@ impl Directory {
             return Err(ApiError::denied("not allowed to delete domains"));
         }
         let hooks = self.hooks();
+        let audit = crate::audit::Auditor::new(p);
         self.write(move |tx| {
             let d = tx.domain(&id)?;
             check_version(&format!("domain {id}"), d.version, req.expected_version)?;
@@ -558,9 +559,22 @@ impl Directory {
                 keys::QUEUE,
                 keys::WELCOME_BY_USER,
                 keys::INDEX,
+                // The tenant's trail goes with it: a domain created again
+                // under this id must not read it (the deletion itself is
+                // in the deployment-wide trail).
+                crate::audit::TRAIL,
+                crate::audit::BY_USER,
             ] {
                 tx.delete_prefix(&keys::prefix(tag, &[id.as_str()]))?;
             }
+            audit.record(
+                tx,
+                None,
+                "",
+                "domain.delete",
+                format!("domain {id} ({})", d.name),
+                String::new(),
+            );
             for h in &hooks {
                 h.domain_deleted(tx, &id)?;
             }

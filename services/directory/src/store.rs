@@ -262,6 +262,7 @@ impl Store {
             reads: RefCell::new(BTreeMap::new()),
             scans: RefCell::new(BTreeMap::new()),
             clears: Vec::new(),
+            audits: 0,
         }
     }
 
@@ -491,9 +492,34 @@ pub struct Tx<'a> {
     reads: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
     scans: RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
     clears: Vec<Vec<u8>>,
+    /// Audit events staged so far (numbers them within the transaction).
+    audits: u32,
 }
 
 impl Tx<'_> {
+    /// Returns the number of the next audit event of this transaction.
+    pub(crate) fn next_audit(&mut self) -> u32 {
+        self.audits += 1;
+        self.audits
+    }
+
+    /// Returns up to `limit` committed keys under `prefix` strictly after
+    /// `after`, in order, without recording the listing: a transaction
+    /// that acts on them must read each one (then only those are its
+    /// preconditions, however large the prefix).
+    pub fn first_keys(
+        &self,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> ApiResult<Vec<Vec<u8>>> {
+        self.store
+            .scan(prefix, after)
+            .take(limit)
+            .map(|r| r.map(|(k, _)| k.to_vec()))
+            .collect()
+    }
+
     /// Records a change event, published after the commit.
     pub fn emit(&mut self, ev: v1::DirectoryEvent) {
         self.events.push(ev);

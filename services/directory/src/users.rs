@@ -1,5 +1,6 @@
 //! Users: create, read, list and search, update, delete.
 
+use crate::audit::Auditor;
 use crate::authz::{Role, role};
 use crate::records::{
     Credentials, Read, check_profile, check_version, event, incarnation, opt_site, void_welcome,
@@ -128,6 +129,7 @@ impl Directory {
         };
         let hooks = self.hooks();
         let inc = incarnation::fresh();
+        let audit = Auditor::new(p);
         self.write(move |tx| {
             tx.domain(&d)?;
             if let Some(s) = &site {
@@ -183,6 +185,14 @@ impl Directory {
                 tx.put(key(keys::QUEUE, &[d.as_str(), id.as_str()]), &q);
             }
             index(tx, &d, &u);
+            audit.record(
+                tx,
+                Some(&d),
+                id.as_str(),
+                "user.create",
+                String::new(),
+                placement(&u),
+            );
             for h in &hooks {
                 h.access_changed(tx, &d, std::slice::from_ref(&u.id), "user created")?;
             }
@@ -355,10 +365,12 @@ impl Directory {
             None => None,
         };
         let hooks = self.hooks();
+        let audit = Auditor::new(p);
         self.write(move |tx| {
             tx.domain(&d)?;
             let mut u = tx.user(&d, &id)?;
             let old_scope = scope_of(&u);
+            let old_site = u.site.clone();
             let admin_change = new_scope.is_some() || new_site.is_some() || password_hash.is_some();
             if admin_change {
                 r.require_manage(&u.site, old_scope, &format!("change scope, site or password of user {id}"))?;
@@ -426,6 +438,24 @@ impl Directory {
             u.version += 1;
             u.updated_at_ms = now_ms();
             tx.put(key(keys::USER, &[d.as_str(), id.as_str()]), &u);
+            if scope_of(&u) != old_scope {
+                let new = scope_of(&u).name().to_owned();
+                audit.record(tx, Some(&d), id.as_str(), "user.scope", old_scope.name().to_owned(), new);
+            }
+            if u.site != old_site {
+                let new = u.site.clone();
+                audit.record(tx, Some(&d), id.as_str(), "user.site", old_site.clone(), new);
+            }
+            if password_hash.is_some() {
+                audit.record(
+                    tx,
+                    Some(&d),
+                    id.as_str(),
+                    "user.password",
+                    String::new(),
+                    "password set, sessions ended".into(),
+                );
+            }
             if facts.iter().any(|f| f.starts_with("scope:") || f.starts_with("site:")) {
                 for h in &hooks {
                     h.access_changed(tx, &d, std::slice::from_ref(&u.id), "user scope or site changed")?;
@@ -449,10 +479,19 @@ impl Directory {
         let id = UserId::parse(&req.id)?;
         let r = role(p, &d)?;
         let hooks = self.hooks();
+        let audit = Auditor::new(p);
         self.write(move |tx| {
             tx.domain(&d)?;
             let u = tx.user(&d, &id)?;
             r.require_manage(&u.site, scope_of(&u), &format!("delete user {id}"))?;
+            audit.record(
+                tx,
+                Some(&d),
+                id.as_str(),
+                "user.delete",
+                placement(&u),
+                String::new(),
+            );
             check_version(&format!("user {id}"), u.version, req.expected_version)?;
             let ds = d.as_str();
             let us = id.as_str();
@@ -553,4 +592,14 @@ fn candidates(s: &Store, d: &DomainId, word: &str) -> ApiResult<BTreeSet<String>
         }
     }
     Ok(out)
+}
+
+/// A user's access-relevant placement, as audit text.
+fn placement(u: &v1::User) -> String {
+    let site = if u.site.is_empty() {
+        "-"
+    } else {
+        u.site.as_str()
+    };
+    format!("scope={} site={site}", scope_of(u).name())
 }

@@ -5,6 +5,7 @@ use crate::rules::{self, Target, Verdict, Watcher};
 use presence_auth::{Principal, rights};
 use presence_core::{ApiError, ApiResult, Capability, DomainId, Scope, SiteId, UserId};
 use presence_directory::Directory;
+use presence_directory::audit::Auditor;
 use presence_directory::authz::{Role, role};
 use presence_directory::records::{Read, check_version};
 use presence_directory::store::{Store, keys};
@@ -360,12 +361,14 @@ impl Policy {
                 "invalid caller_id_visibility {v}"
             )));
         }
+        let audit = Auditor::new(p);
         self.dir
             .write(move |tx| {
                 tx.domain(&d)?;
                 let user = tx.user(&d, &u)?;
                 require_subject(&r, &user, true, "change presence settings")?;
                 let mut s = records::settings(tx, &d, u.as_str())?;
+                let before = settings_text(&s);
                 check_version(
                     &format!("presence settings of user {u}"),
                     s.version,
@@ -385,6 +388,10 @@ impl Policy {
                 }
                 s.version += 1;
                 tx.put(keys::key(SETTINGS, &[d.as_str(), u.as_str()]), &s);
+                let after = settings_text(&s);
+                if before != after {
+                    audit.record(tx, Some(&d), u.as_str(), "policy.settings", before, after);
+                }
                 bump_epoch(
                     tx,
                     &d,
@@ -421,6 +428,7 @@ impl Policy {
         let t = UserId::parse(&req.target)?;
         let r = prole(p, &d)?;
         let max = self.cfg.max_grantees;
+        let audit = Auditor::new(p);
         self.dir
             .write(move |tx| {
                 tx.domain(&d)?;
@@ -440,6 +448,7 @@ impl Policy {
                     version: old.version + 1,
                 };
                 put_grants(tx, &d, &old, &new);
+                audit_grants(&audit, tx, &d, &old, &new);
                 let (targets, mut watchers) = targets_and_watchers(&new);
                 watchers.extend(targets_and_watchers(&old).1);
                 bump_epoch(tx, &d, targets, watchers, "grants replaced")?;
@@ -486,6 +495,7 @@ impl Policy {
         };
         let grantee = grantee.ok_or_else(|| ApiError::invalid("grantee must be set"))?;
         let max = self.cfg.max_grantees;
+        let audit = Auditor::new(p);
         self.dir
             .write(move |tx| {
                 tx.domain(&d)?;
@@ -519,6 +529,7 @@ impl Policy {
                 }
                 new.version = old.version + 1;
                 put_grants(tx, &d, &old, &new);
+                audit_grants(&audit, tx, &d, &old, &new);
                 let (targets, mut watchers) = targets_and_watchers(&new);
                 watchers.extend(targets_and_watchers(&old).1);
                 bump_epoch(
@@ -562,10 +573,12 @@ impl Policy {
     ) -> ApiResult<v1::DomainPolicy> {
         let d = DomainId::parse(&req.domain)?;
         prole(p, &d)?.require_admin("change the domain policy")?;
+        let audit = Auditor::new(p);
         self.dir
             .write(move |tx| {
                 tx.domain(&d)?;
                 let mut pol = records::domain_policy(tx, &d)?;
+                let before = domain_policy_text(&pol);
                 if let Some(v) = req.office_manager_sees_domain {
                     pol.office_manager_sees_domain = v;
                 }
@@ -576,6 +589,10 @@ impl Policy {
                     pol.supervisor_sees_queue_agents = v;
                 }
                 tx.put(keys::key(records::DOMAIN_POLICY, &[d.as_str()]), &pol);
+                let after = domain_policy_text(&pol);
+                if before != after {
+                    audit.record(tx, Some(&d), "", "policy.domain", before, after);
+                }
                 pol.epoch = bump_epoch(tx, &d, vec![], vec![], "domain policy changed")?;
                 Ok(pol)
             })
@@ -804,6 +821,7 @@ impl Policy {
         }
         let targets = parse_users("target", &req.targets)?;
         let store = self.store().clone();
+        let audit = Auditor::new(p);
         self.dir
             .write(move |tx| {
                 tx.domain(&d)?;
@@ -843,6 +861,19 @@ impl Policy {
                     version: version + 1,
                 };
                 tx.put(key, &saved);
+                let line_ids = |l: &v1::MonitoredLines| {
+                    presence_directory::audit::list(
+                        &l.lines
+                            .iter()
+                            .map(|x| x.target.as_str())
+                            .collect::<Vec<_>>(),
+                    )
+                };
+                let before = old.as_ref().map_or_else(|| "[]".to_owned(), line_ids);
+                let after = line_ids(&saved);
+                if before != after {
+                    audit.record(tx, Some(&d), w.as_str(), "policy.lines", before, after);
+                }
                 bump_epoch(
                     tx,
                     &d,
@@ -1024,4 +1055,63 @@ pub fn resolve_selector(
         .into_iter()
         .filter(|t| seen.insert(t.clone()))
         .collect())
+}
+
+/// A grantee as audit text: `user:1001`, `site:hq`, `domain`.
+fn grantee_text(g: &v1::Grantee) -> String {
+    match &g.kind {
+        Some(G::User(u)) => format!("user:{u}"),
+        Some(G::Site(x)) => format!("site:{x}"),
+        Some(G::Domain(_)) => "domain".into(),
+        None => "-".into(),
+    }
+}
+
+fn grants_text(g: &v1::Grants) -> String {
+    let l = |v: &[v1::Grantee]| {
+        presence_directory::audit::list(&v.iter().map(grantee_text).collect::<Vec<_>>())
+    };
+    format!("see={} pickup={}", l(&g.see), l(&g.pickup))
+}
+
+/// Records a change of a target's grants (nothing when they are equal).
+fn audit_grants(
+    audit: &Auditor,
+    tx: &mut presence_directory::store::Tx<'_>,
+    d: &DomainId,
+    old: &v1::Grants,
+    new: &v1::Grants,
+) {
+    let (before, after) = (grants_text(old), grants_text(new));
+    if before != after {
+        audit.record(tx, Some(d), &new.target, "policy.grants", before, after);
+    }
+}
+
+fn settings_text(s: &v1::PresenceSettings) -> String {
+    let vis = v1::Visibility::try_from(s.visibility)
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("VISIBILITY_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| s.visibility.to_string());
+    let cid = v1::CallerIdVisibility::try_from(s.caller_id_visibility)
+        .map(|v| {
+            v.as_str_name()
+                .trim_start_matches("CALLER_ID_VISIBILITY_")
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_else(|_| s.caller_id_visibility.to_string());
+    format!(
+        "visibility={vis} caller_id={cid} ring_on_monitored_call={} pickup_calls_on_hold={}",
+        s.ring_on_monitored_call, s.pickup_calls_on_hold
+    )
+}
+
+fn domain_policy_text(p: &v1::DomainPolicy) -> String {
+    format!(
+        "office_manager_sees_domain={} site_manager_sees_site={} supervisor_sees_queue_agents={}",
+        p.office_manager_sees_domain, p.site_manager_sees_site, p.supervisor_sees_queue_agents
+    )
 }

@@ -146,6 +146,11 @@ pub struct Config {
     pub login_failure_window_secs: u64,
     /// Longest delay between two attempts once throttled, seconds.
     pub login_max_delay_secs: u64,
+    /// Audit events older than this are deleted, days.
+    pub audit_retention_days: u64,
+    /// How often a directory node purges old audit events and the
+    /// revocations of expired tokens, seconds.
+    pub maintenance_interval_secs: u64,
 }
 
 impl Default for Config {
@@ -203,6 +208,8 @@ impl Default for Config {
             login_free_failures_per_address: 50,
             login_failure_window_secs: 900,
             login_max_delay_secs: 300,
+            audit_retention_days: 365,
+            maintenance_interval_secs: 3600,
         }
     }
 }
@@ -261,6 +268,8 @@ pub const ENV_KEYS: &[&str] = &[
     "login_free_failures_per_address",
     "login_failure_window_secs",
     "login_max_delay_secs",
+    "audit_retention_days",
+    "maintenance_interval_secs",
 ];
 
 /// Values given as command-line flags; unset ones do not override.
@@ -404,7 +413,7 @@ impl Config {
                     .into(),
             ));
         }
-        let ranges: [(&str, u64, u64, u64); 28] = [
+        let ranges: [(&str, u64, u64, u64); 30] = [
             ("shards", self.shards as u64, 1, 4096),
             ("ring_timeout_secs", self.ring_timeout_secs, 5, 3600),
             (
@@ -528,6 +537,13 @@ impl Config {
                 7 * 86_400,
             ),
             ("login_max_delay_secs", self.login_max_delay_secs, 1, 86_400),
+            ("audit_retention_days", self.audit_retention_days, 1, 36_500),
+            (
+                "maintenance_interval_secs",
+                self.maintenance_interval_secs,
+                10,
+                86_400,
+            ),
         ];
         for (name, v, lo, hi) in ranges {
             if v < lo || v > hi {

@@ -302,6 +302,17 @@ impl Server {
                 }
             });
         }
+        if self.cfg.has_role("directory") {
+            tasks.spawn(tracing::Instrument::instrument(
+                maintain(
+                    self.directory.clone(),
+                    Duration::from_secs(self.cfg.maintenance_interval_secs),
+                    Duration::from_secs(self.cfg.audit_retention_days * 86_400),
+                    shutdown.clone(),
+                ),
+                tracing::info_span!("maintenance"),
+            ));
+        }
         let (reporter, health) = tonic_health::server::health_reporter();
         let serving = self.cfg.has_role("directory");
         let policy_role = self.cfg.has_role("policy");
@@ -554,6 +565,36 @@ impl Server {
             standby_events: c.ingest_standby_events,
         };
         f
+    }
+}
+
+/// Purges audit events past their retention and revocations of expired
+/// tokens every `interval` (first right after start) until `shutdown`.
+async fn maintain(
+    directory: Directory,
+    interval: Duration,
+    retention: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = presence_auth::token::now_ms();
+        let purge = directory.purge_expired(now, retention);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = purge => match r {
+                Ok((events, revoked)) => {
+                    metrics::counter!("presence_purged_total", "what" => "audit_events").increment(events as u64);
+                    metrics::counter!("presence_purged_total", "what" => "revocations").increment(revoked as u64);
+                }
+                Err(e) => tracing::warn!(error = %e, "purge of expired records failed; next try in one interval"),
+            },
+        }
     }
 }
 

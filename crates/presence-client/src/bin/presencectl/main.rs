@@ -6,9 +6,10 @@
 //!
 //! One module per command group: [`directory`] (domains, sites, users,
 //! options, phones, queues), [`policy`], [`presence`] (get, watch,
-//! publish), [`keys`] (signing keys); [`common`] holds argument parsing, errors, saved tokens and
+//! publish), [`keys`] (signing keys), [`audit`] (the audit trail); [`common`] holds argument parsing, errors, saved tokens and
 //! the table/JSON output.
 
+mod audit;
 mod common;
 mod directory;
 mod keys;
@@ -109,6 +110,8 @@ enum Cmd {
     /// Tokens for services and phones.
     #[command(subcommand)]
     Token(TokenCmd),
+    /// The audit trail: who changed access, when, before and after.
+    Audit(audit::AuditArgs),
     /// Token signing keys: list, add, retire.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
@@ -246,6 +249,7 @@ async fn run(cli: Cli) -> CtlResult<()> {
         Cmd::Policy(cmd) => policy::policy_cmd(&mut c, &out, cmd).await?,
         Cmd::Presence(cmd) => presence::run(&mut c, &out, cmd).await?,
         Cmd::Keys(cmd) => keys::keys_cmd(&mut c, &out, cmd).await?,
+        Cmd::Audit(a) => audit::audit_cmd(&mut c, &out, a).await?,
         Cmd::Token(TokenCmd::Revoke { revoked, id }) => {
             let token = match revoked.as_deref() {
                 Some("-") => {
