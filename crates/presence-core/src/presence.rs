@@ -1294,4 +1294,442 @@ mod tests {
             }
         }
     }
+
+    // ---- boundaries: each limit at, just below and just above it -------
+
+    fn reject(u: &mut UserPresence, e: &Event, lim: &Limits) -> Reject {
+        match u.apply(e, 1_000, lim) {
+            Err(r) => r,
+            Ok(changed) => panic!("{e:?} was accepted (changed: {changed})"),
+        }
+    }
+
+    fn call_with(dev: &str, seq: u64, id: &str, number: &str, name: &str) -> Event {
+        Event {
+            device: dev.into(),
+            sequence: seq,
+            at_ms: 0,
+            kind: EventKind::Call {
+                call_id: id.into(),
+                state: CallState::Early,
+                direction: Direction::Inbound,
+                remote_number: number.into(),
+                remote_name: name.into(),
+            },
+        }
+    }
+
+    #[test]
+    fn test_text_limits_hold_at_their_boundary() {
+        let lim = Limits::default();
+        let at = "x".repeat(MAX_TEXT);
+        let over = "x".repeat(MAX_TEXT + 1);
+        let mut u = UserPresence::new(0);
+        // Device ids.
+        assert!(
+            u.apply(&ev(&at, 1, EventKind::DeviceDnd(true)), 0, &lim)
+                .is_ok()
+        );
+        assert_eq!(
+            reject(&mut u, &ev(&over, 1, EventKind::DeviceDnd(true)), &lim),
+            Reject::Malformed
+        );
+        // Call ids, remote numbers and names.
+        let mut seq = 1;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        assert!(
+            u.apply(&call_with("d", next(), &at, "1", "n"), 0, &lim)
+                .is_ok()
+        );
+        assert!(
+            u.apply(&call_with("d", next(), "c2", &at, &at), 0, &lim)
+                .is_ok()
+        );
+        for e in [
+            call_with("d", next(), &over, "1", "n"),
+            call_with("d", next(), "c3", &over, "n"),
+            call_with("d", next(), "c4", "1", &over),
+        ] {
+            assert_eq!(reject(&mut u, &e, &lim), Reject::Malformed, "{e:?}");
+        }
+        // Queue ids.
+        let q = |queue: &str, seq| {
+            ev(
+                "d",
+                seq,
+                EventKind::QueueLogin {
+                    queue: queue.into(),
+                    logged_in: true,
+                },
+            )
+        };
+        assert!(u.apply(&q(&at, next()), 0, &lim).is_ok());
+        assert_eq!(reject(&mut u, &q(&over, next()), &lim), Reject::Malformed);
+        assert_eq!(reject(&mut u, &q("", next()), &lim), Reject::Malformed);
+        // Status messages count characters: 128 two-byte ones pass.
+        let wide: String = "é".repeat(MAX_TEXT);
+        let status = |m: String, seq| ev("d", seq, EventKind::ManualStatus(UserStatus::Away, m));
+        assert!(u.apply(&status(wide.clone(), next()), 0, &lim).is_ok());
+        assert_eq!(u.aggregate().message, wide);
+        assert_eq!(
+            reject(&mut u, &status(format!("{wide}é"), next()), &lim),
+            Reject::Malformed
+        );
+    }
+
+    #[test]
+    fn test_sequences_and_registration_lifetimes_at_their_boundary() {
+        let lim = Limits::default();
+        let mut u = UserPresence::new(0);
+        let reg = |seq, expires_s| ev("d", seq, EventKind::Register { expires_s });
+        assert_eq!(reject(&mut u, &reg(0, 60), &lim), Reject::Malformed);
+        assert!(u.apply(&reg(5, 1), 0, &lim).is_ok());
+        assert_eq!(reject(&mut u, &reg(5, 60), &lim), Reject::StaleSequence);
+        assert_eq!(reject(&mut u, &reg(4, 60), &lim), Reject::StaleSequence);
+        assert!(u.apply(&reg(6, 86_400), 0, &lim).is_ok());
+        assert_eq!(reject(&mut u, &reg(7, 0), &lim), Reject::Malformed);
+        assert_eq!(reject(&mut u, &reg(8, 86_401), &lim), Reject::Malformed);
+        // A rejected event does not consume its sequence.
+        assert!(u.apply(&reg(7, 60), 0, &lim).is_ok());
+    }
+
+    #[test]
+    fn test_device_and_call_counts_at_their_boundary() {
+        use CallState::*;
+        use Direction::Inbound;
+        let lim = Limits {
+            max_devices: 2,
+            max_calls: 2,
+            ..Limits::default()
+        };
+        let mut u = UserPresence::new(0);
+        let dnd = |d: &str, seq| ev(d, seq, EventKind::DeviceDnd(true));
+        assert!(u.apply(&dnd("a", 1), 0, &lim).is_ok());
+        assert!(u.apply(&dnd("b", 1), 0, &lim).is_ok());
+        assert_eq!(reject(&mut u, &dnd("c", 1), &lim), Reject::TooMany);
+        assert!(
+            u.apply(&dnd("a", 2), 0, &lim).is_ok(),
+            "a known device at the limit"
+        );
+        assert!(
+            u.apply(&call("a", 3, "c1", Early, Inbound), 0, &lim)
+                .is_ok()
+        );
+        assert!(
+            u.apply(&call("b", 2, "c2", Early, Inbound), 0, &lim)
+                .is_ok()
+        );
+        assert_eq!(
+            reject(&mut u, &call("a", 4, "c3", Early, Inbound), &lim),
+            Reject::TooMany
+        );
+        // At the limit, known calls move on, and an unknown call may end.
+        assert!(
+            u.apply(&call("a", 5, "c1", Confirmed, Inbound), 0, &lim)
+                .is_ok()
+        );
+        assert!(
+            u.apply(&call("a", 6, "c9", Terminated, Inbound), 0, &lim)
+                .is_ok()
+        );
+        // One ends: room for another.
+        assert!(
+            u.apply(&call("b", 3, "c2", Terminated, Inbound), 0, &lim)
+                .is_ok()
+        );
+        assert!(
+            u.apply(&call("a", 7, "c3", Early, Inbound), 0, &lim)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn test_every_call_state_transition() {
+        use CallState::*;
+        let states = [Trying, Early, Confirmed, Held, Terminated];
+        for from in states {
+            for to in states {
+                let expect = match (from, to) {
+                    (_, Terminated) => true,
+                    (Terminated, _) => false,
+                    (Trying, Trying | Early | Confirmed) => true,
+                    (Early, Early | Confirmed) => true,
+                    (Confirmed | Held, Confirmed | Held) => true,
+                    _ => false,
+                };
+                assert_eq!(allowed(from, to), expect, "{from:?} -> {to:?}");
+                if from == Terminated {
+                    continue;
+                }
+                // Through the state machine too.
+                let lim = Limits::default();
+                let mut u = UserPresence::new(0);
+                u.apply(&call("d", 1, "c", from, Direction::Outbound), 0, &lim)
+                    .unwrap();
+                let r = u.apply(&call("d", 2, "c", to, Direction::Outbound), 0, &lim);
+                assert_eq!(r.is_ok(), expect, "{from:?} -> {to:?}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn test_terminated_call_memory_at_its_boundary() {
+        use CallState::*;
+        use Direction::Inbound;
+        let lim = Limits {
+            terminated_max: 2,
+            terminated_memory_ms: 1_000,
+            ..Limits::default()
+        };
+        let mut u = UserPresence::new(0);
+        let mut seq = 0;
+        let mut next = || {
+            seq += 1;
+            seq
+        };
+        for id in ["c1", "c2", "c3"] {
+            u.apply(&call("d", next(), id, Early, Inbound), 0, &lim)
+                .unwrap();
+            u.apply(&call("d", next(), id, Terminated, Inbound), 0, &lim)
+                .unwrap();
+        }
+        // Only the two newest are remembered: c1 may come back.
+        assert_eq!(
+            reject(&mut u, &call("d", next(), "c2", Early, Inbound), &lim),
+            Reject::IllegalTransition
+        );
+        assert_eq!(
+            reject(&mut u, &call("d", next(), "c3", Early, Inbound), &lim),
+            Reject::IllegalTransition
+        );
+        assert!(
+            u.apply(&call("d", next(), "c1", Early, Inbound), 0, &lim)
+                .is_ok()
+        );
+        // Terminated at 0 with 1000 ms of memory: remembered at 999,
+        // forgotten at 1000.
+        assert!(!u.expire(999, &lim), "nothing due at 999");
+        assert_eq!(
+            reject(&mut u, &call("d", next(), "c2", Early, Inbound), &lim),
+            Reject::IllegalTransition
+        );
+        assert_eq!(u.next_deadline(&lim), Some(1_000));
+        u.expire(1_000, &lim);
+        assert!(
+            u.apply(&call("d", next(), "c2", Early, Inbound), 1_000, &lim)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn test_timeouts_at_their_boundary() {
+        use CallState::*;
+        use Direction::{Inbound, Outbound};
+        let lim = Limits {
+            ring_timeout_ms: 100,
+            call_silence_ms: 1_000,
+            terminated_memory_ms: 10,
+            ..Limits::default()
+        };
+        let mut u = UserPresence::new(0);
+        u.apply(&ev("d", 1, EventKind::Register { expires_s: 5 }), 0, &lim)
+            .unwrap();
+        u.apply(&call("d", 2, "ring", Early, Inbound), 0, &lim)
+            .unwrap();
+        u.apply(&call("d", 3, "talk", Confirmed, Outbound), 0, &lim)
+            .unwrap();
+        u.apply(&call("d", 4, "try", Trying, Outbound), 50, &lim)
+            .unwrap();
+        assert_eq!(u.next_deadline(&lim), Some(100), "the ringing call first");
+        assert!(!u.expire(99, &lim), "nothing due at 99");
+        assert!(u.expire(100, &lim), "the ringing call goes at 100");
+        assert_eq!(
+            u.next_deadline(&lim),
+            Some(110),
+            "its memory ends at 110 (trying: 150)"
+        );
+        u.expire(149, &lim);
+        assert_eq!(u.aggregate().calls.len(), 2, "trying kept at 149");
+        u.expire(150, &lim);
+        assert_eq!(u.aggregate().calls.len(), 1, "trying dropped at 150");
+        assert!(!u.expire(999, &lim), "talking kept at 999");
+        assert!(u.expire(1_000, &lim), "silent call dropped at 1000");
+        assert_eq!(u.aggregate().telephony, Telephony::NoCall);
+        assert_eq!(u.next_deadline(&lim), Some(1_010));
+        u.expire(1_010, &lim);
+        assert_eq!(u.next_deadline(&lim), Some(5_000), "the registration");
+        assert!(!u.expire(4_999, &lim));
+        assert_eq!(u.aggregate().presence, PresenceStatus::Available);
+        assert!(u.expire(5_000, &lim));
+        assert_eq!(u.aggregate().presence, PresenceStatus::Offline);
+        assert_eq!(u.next_deadline(&lim), None);
+    }
+
+    #[test]
+    fn test_aggregate_shows_the_newest_calls_and_maps_each_state() {
+        use CallState::*;
+        use Direction::{Inbound, Outbound};
+        let lim = Limits {
+            shown_calls: 2,
+            ..Limits::default()
+        };
+        let at = |seq, id: &str, started, state, dir| Event {
+            at_ms: started,
+            ..call("d", seq, id, state, dir)
+        };
+        let mut u = UserPresence::new(0);
+        u.apply(&at(1, "old", 10, Held, Inbound), 0, &lim).unwrap();
+        assert_eq!(u.aggregate().telephony, Telephony::OnHold);
+        assert_eq!(
+            u.aggregate().presence,
+            PresenceStatus::Busy,
+            "a call without registration"
+        );
+        u.apply(&at(2, "b", 30, Trying, Inbound), 0, &lim).unwrap();
+        assert_eq!(
+            u.aggregate().telephony,
+            Telephony::OnHold,
+            "held beats inbound trying"
+        );
+        u.apply(&at(3, "a", 30, Trying, Outbound), 0, &lim).unwrap();
+        assert_eq!(
+            u.aggregate().telephony,
+            Telephony::Connected,
+            "placing a call"
+        );
+        let shown: Vec<&str> = u
+            .aggregate()
+            .calls
+            .iter()
+            .map(|c| c.call_id.as_str())
+            .collect();
+        assert_eq!(
+            shown,
+            ["a", "b"],
+            "newest first, ties by id, at most shown_calls"
+        );
+        u.apply(&at(4, "b", 30, Early, Inbound), 0, &lim).unwrap();
+        assert_eq!(
+            u.aggregate().telephony,
+            Telephony::Ringing,
+            "ringing beats connected"
+        );
+        for (seq, id) in [(5, "a"), (6, "b"), (7, "old")] {
+            u.apply(&at(seq, id, 0, Terminated, Inbound), 0, &lim)
+                .unwrap();
+        }
+        u.apply(&at(8, "in", 40, Trying, Inbound), 0, &lim).unwrap();
+        assert_eq!(
+            u.aggregate().telephony,
+            Telephony::Ringing,
+            "inbound trying alone rings"
+        );
+        // Manual status and DND drive presence.
+        let mut v = UserPresence::new(0);
+        v.apply(&ev("d", 1, EventKind::Register { expires_s: 60 }), 0, &lim)
+            .unwrap();
+        assert_eq!(v.aggregate().presence, PresenceStatus::Available);
+        v.apply(
+            &ev(
+                "d",
+                2,
+                EventKind::ManualStatus(UserStatus::Busy, String::new()),
+            ),
+            0,
+            &lim,
+        )
+        .unwrap();
+        assert_eq!(v.aggregate().presence, PresenceStatus::Busy);
+        v.apply(
+            &ev(
+                "d",
+                3,
+                EventKind::ManualStatus(UserStatus::Offline, String::new()),
+            ),
+            0,
+            &lim,
+        )
+        .unwrap();
+        assert_eq!(v.aggregate().presence, PresenceStatus::Offline);
+        v.apply(
+            &ev(
+                "d",
+                4,
+                EventKind::ManualStatus(UserStatus::Away, String::new()),
+            ),
+            0,
+            &lim,
+        )
+        .unwrap();
+        assert_eq!(
+            v.aggregate().presence,
+            PresenceStatus::Available,
+            "away is still reachable"
+        );
+        v.apply(
+            &ev("d", 5, EventKind::UserDnd(DndMode::DoNotAcceptAny)),
+            0,
+            &lim,
+        )
+        .unwrap();
+        assert!(v.aggregate().dnd);
+        assert_eq!(v.aggregate().presence, PresenceStatus::Busy);
+        v.apply(
+            &ev("d", 6, EventKind::UserDnd(DndMode::DepartmentCallsOnly)),
+            0,
+            &lim,
+        )
+        .unwrap();
+        assert!(!v.aggregate().dnd);
+        // Device DND counts only on a registered device.
+        v.apply(&ev("e", 1, EventKind::DeviceDnd(true)), 0, &lim)
+            .unwrap();
+        assert!(!v.aggregate().dnd, "unregistered device");
+        v.apply(&ev("d", 7, EventKind::DeviceDnd(true)), 0, &lim)
+            .unwrap();
+        assert!(v.aggregate().dnd);
+        v.apply(&ev("d", 8, EventKind::Unregister), 0, &lim)
+            .unwrap();
+        assert!(!v.aggregate().dnd);
+        assert_eq!(v.aggregate().presence, PresenceStatus::Offline);
+        // Queues.
+        let q = |seq, on| {
+            ev(
+                "d",
+                seq,
+                EventKind::QueueLogin {
+                    queue: "sales".into(),
+                    logged_in: on,
+                },
+            )
+        };
+        v.apply(&q(9, true), 0, &lim).unwrap();
+        assert_eq!(v.aggregate().queues, ["sales"]);
+        v.apply(&q(10, false), 0, &lim).unwrap();
+        assert!(v.aggregate().queues.is_empty());
+    }
+
+    #[test]
+    fn test_versions_move_by_one_per_change_and_raise_to_a_floor() {
+        let lim = Limits::default();
+        let mut u = UserPresence::new(7);
+        assert_eq!(u.aggregate().version, 7);
+        assert!(
+            u.apply(&ev("d", 1, EventKind::DeviceDnd(false)), 0, &lim)
+                .is_ok_and(|c| !c)
+        );
+        assert_eq!(u.aggregate().version, 7, "no change, no version");
+        assert!(
+            u.apply(&ev("d", 2, EventKind::Register { expires_s: 60 }), 5, &lim)
+                .unwrap()
+        );
+        assert_eq!((u.aggregate().version, u.aggregate().updated_at_ms), (8, 5));
+        u.raise_version(3);
+        assert_eq!(u.aggregate().version, 9, "at least one up");
+        u.raise_version(100);
+        assert_eq!(u.aggregate().version, 100);
+    }
 }
