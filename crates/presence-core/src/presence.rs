@@ -323,8 +323,9 @@ impl Default for UserPresence {
 fn allowed(from: CallState, to: CallState) -> bool {
     use CallState::*;
     match (from, to) {
+        // Anything may end; nothing comes back from Terminated (no arm
+        // below starts from it).
         (_, Terminated) => true,
-        (Terminated, _) => false,
         (Trying, Early | Confirmed | Trying) => true,
         (Early, Early | Confirmed) => true,
         (Confirmed | Held, Confirmed | Held) => true,
@@ -727,12 +728,10 @@ impl UserPresence {
     }
 
     fn refresh(&mut self, now_ms: i64, lim: &Limits) -> bool {
+        // Computed at the current version and time: equal exactly when
+        // nothing changed.
         let next = self.compute(self.current.version, self.current.updated_at_ms, lim);
-        let same = Aggregate {
-            updated_at_ms: self.current.updated_at_ms,
-            ..next.clone()
-        } == self.current;
-        if same {
+        if next == self.current {
             return false;
         }
         self.current = Aggregate {
@@ -1710,6 +1709,57 @@ mod tests {
         assert_eq!(v.aggregate().queues, ["sales"]);
         v.apply(&q(10, false), 0, &lim).unwrap();
         assert!(v.aggregate().queues.is_empty());
+    }
+
+    #[test]
+    fn test_call_details_keep_what_later_events_leave_out() {
+        let lim = Limits::default();
+        let mut u = UserPresence::new(0);
+        // No source time: the call starts now.
+        u.apply(&call_with("d", 1, "c", "+1555", "Ann"), 500, &lim)
+            .unwrap();
+        let c = &u.aggregate().calls[0];
+        assert_eq!((c.started_at_ms, c.updated_at_ms), (500, 500));
+        // A later event without number or name keeps them; one with
+        // them replaces them.
+        u.apply(&call_with("d", 2, "c", "", ""), 600, &lim).unwrap();
+        let c = &u.aggregate().calls[0];
+        assert_eq!(
+            (c.remote_number.as_str(), c.remote_name.as_str()),
+            ("+1555", "Ann")
+        );
+        assert_eq!((c.started_at_ms, c.updated_at_ms), (500, 600));
+        u.apply(&call_with("d", 3, "c", "+1666", "Bob"), 700, &lim)
+            .unwrap();
+        let c = &u.aggregate().calls[0];
+        assert_eq!(
+            (c.remote_number.as_str(), c.remote_name.as_str()),
+            ("+1666", "Bob")
+        );
+        // A source time is kept as the start.
+        let timed = Event {
+            at_ms: 42,
+            ..call_with("d", 4, "t", "1", "n")
+        };
+        u.apply(&timed, 800, &lim).unwrap();
+        let t = u
+            .aggregate()
+            .calls
+            .iter()
+            .find(|c| c.call_id == "t")
+            .unwrap();
+        assert_eq!(t.started_at_ms, 42);
+    }
+
+    #[test]
+    fn test_a_rejection_displays_its_sentence() {
+        let mut u = UserPresence::new(0);
+        let r = u
+            .apply_explained(&ev("d", 0, EventKind::Unregister), 0, &Limits::default())
+            .unwrap_err();
+        assert_eq!(r.reason, Reject::Malformed);
+        assert_eq!(r.to_string(), r.detail);
+        assert!(r.to_string().contains("sequence 0 of device d"), "{r}");
     }
 
     #[test]

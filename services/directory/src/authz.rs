@@ -198,6 +198,252 @@ mod tests {
     use super::*;
     use presence_auth::DomainSet;
 
+    fn id(s: &str) -> UserId {
+        ok(UserId::parse(s))
+    }
+
+    /// One role of each kind (and both site-manager shapes).
+    fn roles() -> Vec<(&'static str, Role)> {
+        vec![
+            ("admin", Role::Admin),
+            ("reader", Role::Reader),
+            (
+                "sm",
+                Role::SiteManager {
+                    user: id("2000"),
+                    site: Some(ok(SiteId::parse("hq"))),
+                },
+            ),
+            (
+                "sm-nosite",
+                Role::SiteManager {
+                    user: id("2001"),
+                    site: None,
+                },
+            ),
+            (
+                "basic",
+                Role::Member {
+                    user: id("1001"),
+                    scope: Scope::BasicUser,
+                },
+            ),
+            (
+                "simple",
+                Role::Member {
+                    user: id("1002"),
+                    scope: Scope::SimpleUser,
+                },
+            ),
+            (
+                "phone",
+                Role::Phone {
+                    user: id("1001"),
+                    mac: "0004f2aabbcc".into(),
+                },
+            ),
+            ("outsider", Role::Outsider),
+        ]
+    }
+
+    /// Each question for each role, as one row per question: the roles
+    /// (in [`roles`] order) that are answered yes.
+    #[test]
+    fn test_every_question_for_every_role() {
+        use Scope::*;
+        type Q = Box<dyn Fn(&Role) -> bool>;
+        let questions: Vec<(&str, Q, &[&str])> = vec![
+            (
+                "browse",
+                Box::new(|r| r.can_browse()),
+                &["admin", "reader", "sm", "sm-nosite", "basic", "simple"],
+            ),
+            (
+                "browse (require)",
+                Box::new(|r| r.require_browse().is_ok()),
+                &["admin", "reader", "sm", "sm-nosite", "basic", "simple"],
+            ),
+            (
+                "admin",
+                Box::new(|r| r.require_admin("x").is_ok()),
+                &["admin"],
+            ),
+            (
+                "manage hq basic",
+                Box::new(|r| r.manages("hq", BasicUser)),
+                &["admin", "sm"],
+            ),
+            (
+                "manage hq site manager",
+                Box::new(|r| r.manages("hq", SiteManager)),
+                &["admin", "sm"],
+            ),
+            (
+                "manage hq office manager",
+                Box::new(|r| r.manages("hq", OfficeManager)),
+                &["admin"],
+            ),
+            (
+                "manage branch basic",
+                Box::new(|r| r.manages("branch", BasicUser)),
+                &["admin"],
+            ),
+            (
+                "manage no site",
+                Box::new(|r| r.manages("", BasicUser)),
+                &["admin"],
+            ),
+            (
+                "manage (require)",
+                Box::new(|r| r.require_manage("hq", BasicUser, "x").is_ok()),
+                &["admin", "sm"],
+            ),
+            (
+                "self 1001",
+                Box::new(|r| r.is_self_manager("1001")),
+                &["basic"],
+            ),
+            (
+                "self 1002 (no manage-self)",
+                Box::new(|r| r.is_self_manager("1002")),
+                &[],
+            ),
+            (
+                "self 2000",
+                Box::new(|r| r.is_self_manager("2000")),
+                &["sm"],
+            ),
+            (
+                "read 1001 of hq",
+                Box::new(|r| r.reads_user("1001", "hq", BasicUser)),
+                &["admin", "reader", "sm", "basic", "phone"],
+            ),
+            (
+                "read 1003 of branch",
+                Box::new(|r| r.reads_user("1003", "branch", BasicUser)),
+                &["admin", "reader"],
+            ),
+            (
+                "read (require)",
+                Box::new(|r| r.require_read_user("1003", "hq", BasicUser).is_ok()),
+                &["admin", "reader", "sm"],
+            ),
+            (
+                "read options 1001",
+                Box::new(|r| r.require_options("1001", "hq", BasicUser, false).is_ok()),
+                &["admin", "reader", "sm", "basic"],
+            ),
+            (
+                "write options 1001",
+                Box::new(|r| r.require_options("1001", "hq", BasicUser, true).is_ok()),
+                &["admin", "sm", "basic"],
+            ),
+            (
+                "write options 1003 of branch",
+                Box::new(|r| r.require_options("1003", "branch", BasicUser, true).is_ok()),
+                &["admin"],
+            ),
+            (
+                "has a ceiling",
+                Box::new(|r| r.scope_ceiling() == Some(SiteManager)),
+                &["sm", "sm-nosite"],
+            ),
+            (
+                "no ceiling",
+                Box::new(|r| r.scope_ceiling().is_none()),
+                &["admin", "reader", "basic", "simple", "phone", "outsider"],
+            ),
+        ];
+        for (q, f, yes) in &questions {
+            for (name, r) in roles() {
+                assert_eq!(f(&r), yes.contains(&name), "{q} for {name}");
+            }
+        }
+        let users: Vec<(&str, Option<String>)> = roles()
+            .iter()
+            .map(|(n, r)| (*n, r.user().map(|u| u.to_string())))
+            .collect();
+        let want = |u: &str| Some(u.to_owned());
+        assert_eq!(
+            users,
+            vec![
+                ("admin", None),
+                ("reader", None),
+                ("sm", want("2000")),
+                ("sm-nosite", want("2001")),
+                ("basic", want("1001")),
+                ("simple", want("1002")),
+                ("phone", want("1001")),
+                ("outsider", None),
+            ]
+        );
+        let denied = Role::Outsider
+            .require_admin("change the domain")
+            .unwrap_err();
+        assert_eq!(denied, ApiError::denied("not allowed to change the domain"));
+    }
+
+    #[test]
+    fn test_principals_resolve_to_roles() {
+        let acme = ok(DomainId::parse("acme"));
+        let svc = |rights: &[&str]| Principal::Service {
+            name: "svc".into(),
+            domains: DomainSet::Some(vec![acme.clone()]),
+            rights: rights.iter().map(|r| r.to_string()).collect(),
+        };
+        assert_eq!(
+            ok(role(&svc(&[rights::DIRECTORY_WRITE]), &acme)),
+            Role::Admin
+        );
+        assert_eq!(ok(role(&svc(&[rights::ALL]), &acme)), Role::Admin);
+        assert_eq!(
+            ok(role(&svc(&[rights::DIRECTORY_READ]), &acme)),
+            Role::Reader
+        );
+        assert_eq!(
+            ok(role(
+                &svc(&[rights::DIRECTORY_READ, rights::DIRECTORY_WRITE]),
+                &acme
+            )),
+            Role::Admin
+        );
+        let phone = Principal::Phone {
+            domain: acme.clone(),
+            user: id("1001"),
+            mac: ok(presence_core::Mac::parse("00:04:f2:aa:bb:cc")),
+        };
+        assert!(
+            matches!(ok(role(&phone, &acme)), Role::Phone { user, .. } if user.as_str() == "1001")
+        );
+        let member = |scope| Principal::User {
+            domain: acme.clone(),
+            user: id("1001"),
+            scope,
+            site: None,
+        };
+        for scope in [
+            Scope::SimpleUser,
+            Scope::BasicUser,
+            Scope::CallCenterAgent,
+            Scope::CallCenterSupervisor,
+        ] {
+            assert_eq!(
+                ok(role(&member(scope), &acme)),
+                Role::Member {
+                    user: id("1001"),
+                    scope
+                }
+            );
+        }
+        assert_eq!(
+            ok(role(&member(Scope::SiteManager), &acme)),
+            Role::SiteManager {
+                user: id("1001"),
+                site: None
+            }
+        );
+    }
+
     fn ok<T>(r: ApiResult<T>) -> T {
         r.unwrap_or_else(|e| panic!("{e}"))
     }
