@@ -130,3 +130,134 @@ pub fn principal_of<T>(req: &Request<T>) -> ApiResult<Principal> {
         .cloned()
         .ok_or_else(|| ApiError::Unauthenticated("missing bearer token".into()))
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::principal::DomainSet;
+    use crate::token::Subject;
+    use tonic::service::Interceptor as _;
+
+    /// Accepts every token as a service principal named after the token's
+    /// subject, except the revoked id and refused names.
+    struct Fake {
+        revoked: String,
+    }
+
+    impl SessionValidator for Fake {
+        fn validate(&self, claims: &Claims) -> ApiResult<Principal> {
+            match &claims.sub {
+                Subject::Service { name, .. } if name == "gone" => {
+                    Err(ApiError::Unauthenticated("session ended".into()))
+                }
+                Subject::Service { name, .. } => Ok(Principal::Service {
+                    name: name.clone(),
+                    domains: DomainSet::All,
+                    rights: Vec::new(),
+                }),
+                _ => Err(ApiError::Unauthenticated("not a service".into())),
+            }
+        }
+
+        fn revoked(&self, token_id: &str) -> ApiResult<bool> {
+            Ok(token_id == self.revoked)
+        }
+    }
+
+    fn service(name: &str) -> Subject {
+        Subject::Service {
+            name: name.into(),
+            domains: vec!["*".into()],
+            rights: Vec::new(),
+            incs: Vec::new(),
+        }
+    }
+
+    fn request(header: Option<&str>) -> Request<()> {
+        let mut r = Request::new(());
+        if let Some(h) = header {
+            r.metadata_mut().insert("authorization", h.parse().unwrap());
+        }
+        r
+    }
+
+    fn setup() -> (TokenSigner, String, String, Arc<Fake>) {
+        let s = TokenSigner::new(TokenSigner::generate_key()).unwrap();
+        let (good, _) = s.issue(service("pbx"), 60_000);
+        // Another subject: two tokens of one subject issued in the same
+        // millisecond are the same token.
+        let (revoked, _) = s.issue(service("pbx-old"), 60_000);
+        let fake = Arc::new(Fake {
+            revoked: crate::token::token_id(&revoked),
+        });
+        (s, good, revoked, fake)
+    }
+
+    #[test]
+    fn test_a_valid_token_attaches_principal_expiry_and_id() {
+        let (s, good, _, fake) = setup();
+        let mut i = AuthInterceptor::required(s.clone(), fake);
+        for header in [
+            format!("Bearer {good}"),
+            format!("bearer {good}"),
+            format!("Bearer  {good} "),
+        ] {
+            let r = i.call(request(Some(&header))).unwrap();
+            let p = principal_of(&r).unwrap();
+            assert_eq!(p.describe(), "service pbx");
+            let exp = r.extensions().get::<TokenExpiry>().unwrap().0;
+            assert_eq!(exp, s.verify(&good).unwrap().exp);
+            let id = r.extensions().get::<TokenId>().unwrap();
+            assert_eq!(id.0, crate::token::token_id(&good));
+        }
+    }
+
+    #[test]
+    fn test_missing_malformed_revoked_and_refused_tokens_are_unauthenticated() {
+        let (s, good, revoked, fake) = setup();
+        let mut required = AuthInterceptor::required(s.clone(), fake.clone());
+        let mut optional = AuthInterceptor::optional_from(required.clone());
+        let (gone, _) = s.issue(service("gone"), 60_000);
+        let (expired, _) = s.issue(service("pbx"), -1);
+        let cases: Vec<(Option<String>, &str)> = vec![
+            (None, "missing bearer token"),
+            (
+                Some(good.clone()),
+                "authorization must be \"Bearer <token>\"",
+            ),
+            (
+                Some(format!("Basic {good}")),
+                "authorization must be \"Bearer <token>\"",
+            ),
+            (Some("Bearer nonsense".into()), "invalid token"),
+            (Some(format!("Bearer {revoked}")), "token revoked"),
+            (Some(format!("Bearer {gone}")), "session ended"),
+            (Some(format!("Bearer {expired}")), "token expired"),
+        ];
+        for (header, message) in cases {
+            let e = required.call(request(header.as_deref())).unwrap_err();
+            assert_eq!(
+                (e.code(), e.message()),
+                (tonic::Code::Unauthenticated, message),
+                "{header:?}"
+            );
+            // Optional: only a missing header passes, without a principal.
+            match optional.call(request(header.as_deref())) {
+                Ok(r) => {
+                    assert!(header.is_none(), "{header:?}");
+                    assert!(principal_of(&r).is_err());
+                }
+                Err(e) => assert_eq!(e.message(), message),
+            }
+        }
+        let r = optional.call(request(None)).unwrap();
+        assert!(principal_of(&r).is_err(), "no token, no principal");
+        // optional() is the same as optional_from(required()).
+        let mut direct = AuthInterceptor::optional(s, fake);
+        assert!(direct.call(request(None)).is_ok());
+        assert!(direct.call(request(Some("Bearer x"))).is_err());
+        let (p, _) = direct.authenticate(&good).unwrap();
+        assert_eq!(p.describe(), "service pbx");
+    }
+}

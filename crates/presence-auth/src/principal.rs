@@ -247,6 +247,85 @@ mod tests {
     }
 
     #[test]
+    fn test_membership_descriptions_and_proto_of_each_kind() {
+        let acme = d("acme");
+        let user = Principal::User {
+            domain: acme.clone(),
+            user: UserId::parse("1001").unwrap_or_else(|e| panic!("{e}")),
+            scope: Scope::SiteManager,
+            site: None,
+        };
+        let phone = Principal::Phone {
+            domain: acme.clone(),
+            user: UserId::parse("1001").unwrap_or_else(|e| panic!("{e}")),
+            mac: Mac::parse("00:04:f2:aa:bb:cc").unwrap_or_else(|e| panic!("{e}")),
+        };
+        let some = Principal::Service {
+            name: "pbx".into(),
+            domains: DomainSet::Some(vec![acme.clone(), d("globex")]),
+            rights: vec![rights::ALL.into()],
+        };
+        let all = Principal::Service {
+            name: "ops".into(),
+            domains: DomainSet::All,
+            rights: vec![rights::DOMAINS_ADMIN.into()],
+        };
+        for p in [&user, &phone, &some, &all] {
+            assert!(p.in_domain(&acme), "{p:?}");
+        }
+        for p in [&user, &phone] {
+            assert!(!p.in_domain(&d("globex")), "{p:?}");
+        }
+        assert!(some.in_domain(&d("globex")) && !some.in_domain(&d("initech")));
+        assert!(all.in_domain(&d("initech")));
+        // Global rights: only services of every domain, by name or `*`.
+        assert!(all.has_global_right(rights::DOMAINS_ADMIN));
+        assert!(!all.has_global_right(rights::KEYS_ADMIN));
+        assert!(
+            !some.has_global_right(rights::DOMAINS_ADMIN),
+            "named domains only"
+        );
+        assert!(!user.has_global_right(rights::DOMAINS_ADMIN));
+        let star = Principal::Service {
+            name: "root".into(),
+            domains: DomainSet::All,
+            rights: vec![rights::ALL.into()],
+        };
+        assert!(star.has_global_right(rights::KEYS_ADMIN));
+        assert_eq!(
+            [&user, &phone, &some].map(|p| p.describe()),
+            ["user acme/1001", "phone acme/0004f2aabbcc", "service pbx"]
+        );
+        use v1::principal::Kind as K;
+        match user.to_proto().kind {
+            Some(K::User(u)) => assert_eq!(
+                (u.domain.as_str(), u.user.as_str(), u.scope),
+                ("acme", "1001", v1::Scope::SiteManager as i32)
+            ),
+            other => panic!("{other:?}"),
+        }
+        match phone.to_proto().kind {
+            Some(K::Phone(p)) => assert_eq!(
+                (p.domain.as_str(), p.user.as_str(), p.mac.as_str()),
+                ("acme", "1001", "0004f2aabbcc")
+            ),
+            other => panic!("{other:?}"),
+        }
+        match some.to_proto().kind {
+            Some(K::Service(s)) => assert_eq!(
+                (s.name.as_str(), s.domains, s.rights),
+                (
+                    "pbx",
+                    vec!["acme".to_owned(), "globex".to_owned()],
+                    vec!["*".to_owned()]
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(DomainSet::All.to_strings(), ["*"]);
+    }
+
+    #[test]
     fn test_service_rights_are_scoped_to_domains() {
         let p = Principal::Service {
             name: "pbx".into(),

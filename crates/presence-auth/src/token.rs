@@ -354,12 +354,8 @@ impl TokenSigner {
                 tracing::error!(key_id = %k.id, "signing key not wrapped under this node's deployment key (auth_key_file); ignored");
                 continue;
             };
-            if !k.retired
-                && newest
-                    .as_ref()
-                    .is_none_or(|(t, id)| (k.created_ms, &k.id) > (*t, id))
-            {
-                newest = Some((k.created_ms, k.id.clone()));
+            if !k.retired {
+                newest = newest.max(Some((k.created_ms, k.id.clone())));
             }
             ring.keys.insert(k.id, (key, k.retired));
         }
@@ -680,6 +676,48 @@ mod tests {
         );
         assert_eq!(key_id_of("pst2.nothex.x.y"), None);
         assert_eq!(key_id_of("bearer"), None);
+    }
+
+    #[test]
+    fn test_ids_fingerprints_and_clock_match_their_definitions() {
+        // Fixed vectors (SHA-256 over the labels, computed independently).
+        assert_eq!(token_id("pst1.abc.def"), "5b69873d6752eb8223442dec1c0c1506");
+        let fixed = TokenSigner::new((0..32).collect()).unwrap();
+        assert_eq!(fixed.fingerprint(), "66253154d34afebf");
+        assert_ne!(signer().fingerprint(), fixed.fingerprint());
+        assert!(is_token_id(&token_id("x")));
+        for bad in [
+            "",
+            "5b69873d6752eb8223442dec1c0c150",
+            "5b69873d6752eb8223442dec1c0c15066",
+            "5B69873D6752EB8223442DEC1C0C1506",
+            "5b69873d6752eb8223442dec1c0c150g",
+            "5b69873d6752eb8223442dec1c0c150 ",
+        ] {
+            assert!(!is_token_id(bad), "{bad:?}");
+        }
+        // The clock is the system's, in milliseconds.
+        let sys = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        assert!((now_ms() - sys).abs() < 60_000);
+        // Debug never shows the key.
+        assert_eq!(format!("{fixed:?}"), "TokenSigner(..)");
+    }
+
+    #[test]
+    fn test_wrapping_round_trips_the_exact_key() {
+        let s = signer();
+        let key: Vec<u8> = (100..132).collect();
+        let wrapped = s.wrap("0123456789abcdef", &key);
+        assert_eq!(wrapped.len(), KEY_LEN + 16);
+        assert_ne!(
+            &wrapped[..KEY_LEN],
+            key.as_slice(),
+            "not stored in the clear"
+        );
+        assert_eq!(s.unwrap_key("0123456789abcdef", &wrapped), Some(key));
     }
 
     #[test]
