@@ -770,3 +770,316 @@ fn token_trails(sub: &Subject) -> (Vec<Option<DomainId>>, String, String) {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::service::DirectoryConfig;
+    use presence_auth::TokenSigner;
+
+    fn admin() -> Principal {
+        Principal::Service {
+            name: "ops".into(),
+            domains: DomainSet::All,
+            rights: vec![rights::ALL.into()],
+        }
+    }
+
+    fn d(s: &str) -> DomainId {
+        DomainId::parse(s).unwrap()
+    }
+
+    fn u(s: &str) -> UserId {
+        UserId::parse(s).unwrap()
+    }
+
+    /// A directory with acme (site hq; users 1001 basic at hq, 1002
+    /// simple; phone aa:bb of 1001) and globex.
+    async fn setup(dir: &std::path::Path) -> (Directory, Arc<Store>) {
+        let store = Arc::new(Store::open_unsynced(dir).unwrap());
+        let cfg = DirectoryConfig {
+            hash_cost: presence_auth::password::HashCost {
+                memory_kib: 256,
+                iterations: 1,
+            },
+            ..DirectoryConfig::default()
+        };
+        let dirc = Directory::new(
+            store.clone(),
+            Arc::new(presence_bus::InProcessBus::new(16)),
+            TokenSigner::new(TokenSigner::generate_key()).unwrap(),
+            cfg,
+        )
+        .unwrap();
+        let p = admin();
+        for id in ["acme", "globex"] {
+            dirc.create_domain(
+                &p,
+                v1::CreateDomainRequest {
+                    id: id.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        }
+        dirc.create_site(
+            &p,
+            v1::CreateSiteRequest {
+                domain: "acme".into(),
+                id: "hq".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        for (id, scope, site) in [
+            ("1001", v1::Scope::BasicUser, "hq"),
+            ("1002", v1::Scope::SimpleUser, ""),
+        ] {
+            dirc.create_user(
+                &p,
+                v1::CreateUserRequest {
+                    domain: "acme".into(),
+                    id: id.into(),
+                    scope: scope as i32,
+                    site: site.into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        }
+        dirc.add_phone(
+            &p,
+            v1::AddPhoneRequest {
+                domain: "acme".into(),
+                user: "1001".into(),
+                mac: "00:04:f2:aa:bb:cc".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        (dirc, store)
+    }
+
+    fn user_claims(store: &Store, user: &str, epoch_delta: i64, inc_delta: i64) -> Claims {
+        let (dd, uu) = (d("acme"), u(user));
+        let c = store.credentials(&dd, &uu).unwrap();
+        let inc = store
+            .incarnation(&incarnation::user_key("acme", user))
+            .unwrap();
+        Claims {
+            sub: Subject::User {
+                domain: "acme".into(),
+                user: user.into(),
+                epoch: c.session_epoch.wrapping_add_signed(epoch_delta),
+                inc: inc.wrapping_add_signed(inc_delta),
+            },
+            iat: 0,
+            exp: i64::MAX,
+        }
+    }
+
+    fn ended() -> ApiError {
+        ApiError::Unauthenticated("session ended; log in again".into())
+    }
+
+    #[tokio::test]
+    async fn test_user_sessions_hold_only_for_the_same_life_epoch_and_a_portal_scope() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dirc, store) = setup(tmp.path()).await;
+        let v = StoreValidator::new(store.clone());
+        let p = v.validate(&user_claims(&store, "1001", 0, 0)).unwrap();
+        assert_eq!(
+            p,
+            Principal::User {
+                domain: d("acme"),
+                user: u("1001"),
+                scope: presence_core::Scope::BasicUser,
+                site: Some(SiteId::parse("hq").unwrap()),
+            }
+        );
+        for (epoch, inc) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
+            assert_eq!(v.validate(&user_claims(&store, "1001", epoch, inc)), Err(ended()));
+        }
+        // No portal for simple users.
+        let e = v.validate(&user_claims(&store, "1002", 0, 0)).unwrap_err();
+        assert!(matches!(e, ApiError::PermissionDenied(_)), "{e:?}");
+        // A forced reset ends the session until the new password is set.
+        dirc.force_password_reset(
+            &admin(),
+            v1::ForcePasswordResetRequest {
+                domain: "acme".into(),
+                user: "1001".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(v.validate(&user_claims(&store, "1001", 0, 0)), Err(ended()));
+        // Unknown or malformed names.
+        for (dom, user) in [("acme", "9999"), ("nowhere", "1001"), ("Bad Domain", "1001"), ("acme", "bad user")] {
+            let c = Claims {
+                sub: Subject::User {
+                    domain: dom.into(),
+                    user: user.into(),
+                    epoch: 1,
+                    inc: 0,
+                },
+                iat: 0,
+                exp: i64::MAX,
+            };
+            assert_eq!(v.validate(&c), Err(ended()), "{dom}/{user}");
+        }
+    }
+
+    #[tokio::test]
+    async fn test_phone_and_service_tokens_hold_for_the_same_life_of_what_they_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_dirc, store) = setup(tmp.path()).await;
+        let v = StoreValidator::new(store.clone());
+        let inc = store
+            .incarnation(&incarnation::phone_key("acme", "0004f2aabbcc"))
+            .unwrap();
+        let phone = |domain: &str, user: &str, mac: &str, inc: u64| Claims {
+            sub: Subject::Phone {
+                domain: domain.into(),
+                user: user.into(),
+                mac: mac.into(),
+                inc,
+            },
+            iat: 0,
+            exp: i64::MAX,
+        };
+        assert_eq!(
+            v.validate(&phone("acme", "1001", "0004f2aabbcc", inc)).unwrap(),
+            Principal::Phone {
+                domain: d("acme"),
+                user: u("1001"),
+                mac: Mac::parse("0004f2aabbcc").unwrap(),
+            }
+        );
+        for c in [
+            phone("acme", "1002", "0004f2aabbcc", inc),
+            phone("acme", "1001", "0004f2aabbcc", inc + 1),
+            phone("acme", "1001", "0004f2aabbcd", inc),
+            phone("globex", "1001", "0004f2aabbcc", inc),
+            phone("acme", "1001", "not a mac", inc),
+            phone("Bad", "1001", "0004f2aabbcc", inc),
+        ] {
+            assert_eq!(v.validate(&c), Err(ended()), "{c:?}");
+        }
+
+        let dinc = |id: &str| store.incarnation(&incarnation::domain_key(id)).unwrap();
+        let service = |domains: &[&str], incs: Vec<u64>| Claims {
+            sub: Subject::Service {
+                name: "gw".into(),
+                domains: domains.iter().map(|d| d.to_string()).collect(),
+                rights: vec!["presence.watch".into()],
+                incs,
+            },
+            iat: 0,
+            exp: i64::MAX,
+        };
+        let domains_of = |p: Principal| match p {
+            Principal::Service { domains, .. } => domains,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            domains_of(v.validate(&service(&["*"], vec![])).unwrap()),
+            DomainSet::All
+        );
+        assert_eq!(
+            domains_of(
+                v.validate(&service(&["acme", "globex"], vec![dinc("acme"), dinc("globex")]))
+                    .unwrap()
+            ),
+            DomainSet::Some(vec![d("acme"), d("globex")])
+        );
+        // One domain of another life (or of none): only the other holds.
+        assert_eq!(
+            domains_of(
+                v.validate(&service(&["acme", "globex"], vec![dinc("acme") + 1, dinc("globex")]))
+                    .unwrap()
+            ),
+            DomainSet::Some(vec![d("globex")])
+        );
+        assert_eq!(
+            domains_of(
+                v.validate(&service(&["acme", "initech"], vec![dinc("acme"), 0]))
+                    .unwrap()
+            ),
+            DomainSet::Some(vec![d("acme")])
+        );
+        let none = v
+            .validate(&service(&["acme"], vec![dinc("acme") + 1]))
+            .unwrap_err();
+        assert!(none.message().contains("every domain"), "{none:?}");
+        // A token without incarnations (issued before them) names life 0.
+        assert!(v.validate(&service(&["acme"], vec![])).is_err());
+        assert!(v.validate(&service(&["Bad Domain"], vec![0])).is_err());
+    }
+
+    #[tokio::test]
+    async fn test_revocations_are_seen_by_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (dirc, store) = setup(tmp.path()).await;
+        let v = StoreValidator::new(store);
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(v.revoked(id), Ok(false));
+        dirc.revoke_token(
+            &admin(),
+            None,
+            v1::RevokeTokenRequest {
+                token_id: id.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(v.revoked(id), Ok(true));
+        assert_eq!(v.revoked("ffffffffffffffffffffffffffffffff"), Ok(false));
+    }
+
+    #[test]
+    fn test_issuing_and_revoking_need_the_rights_for_every_domain() {
+        let acme_only = Principal::Service {
+            name: "t".into(),
+            domains: DomainSet::Some(vec![d("acme")]),
+            rights: vec![rights::TOKENS_ISSUE.into(), rights::PRESENCE_WATCH.into()],
+        };
+        let acme = DomainSet::Some(vec![d("acme")]);
+        let both = DomainSet::Some(vec![d("acme"), d("globex")]);
+        let watch = vec![rights::PRESENCE_WATCH.to_string()];
+        assert!(authorize_issue(&acme_only, &acme, &watch).is_ok());
+        assert!(authorize_issue(&acme_only, &both, &watch).is_err());
+        assert!(authorize_issue(&acme_only, &DomainSet::All, &watch).is_err());
+        let more = vec![rights::DIRECTORY_WRITE.to_string()];
+        let e = authorize_issue(&acme_only, &acme, &more).unwrap_err();
+        assert!(e.message().contains("directory.write"), "{e:?}");
+        assert!(authorize_issue(&admin(), &DomainSet::All, &more).is_ok());
+        let user_sub = |domain: &str| Subject::User {
+            domain: domain.into(),
+            user: "1001".into(),
+            epoch: 1,
+            inc: 0,
+        };
+        let svc_sub = |domains: &[&str]| Subject::Service {
+            name: "x".into(),
+            domains: domains.iter().map(|d| d.to_string()).collect(),
+            rights: vec![],
+            incs: vec![],
+        };
+        assert!(authorize_revoke(&acme_only, &user_sub("acme")).is_ok());
+        assert!(authorize_revoke(&acme_only, &user_sub("globex")).is_err());
+        assert!(authorize_revoke(&acme_only, &user_sub("Bad")).is_err());
+        assert!(authorize_revoke(&acme_only, &svc_sub(&["acme"])).is_ok());
+        assert!(authorize_revoke(&acme_only, &svc_sub(&["acme", "globex"])).is_err());
+        assert!(authorize_revoke(&acme_only, &svc_sub(&["*"])).is_err());
+        assert!(authorize_revoke(&admin(), &svc_sub(&["*"])).is_ok());
+        assert!(authorize_revoke(&admin(), &svc_sub(&["Bad"])).is_ok());
+        assert!(authorize_revoke(&acme_only, &svc_sub(&["Bad"])).is_err());
+    }
+}

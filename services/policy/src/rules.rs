@@ -457,6 +457,55 @@ mod tests {
     }
 
     #[test]
+    fn test_every_explanation_names_who_and_why() {
+        let w = watcher("1001", "hq", Scope::BasicUser, &[]);
+        let grants = v1::Grants::default();
+        let text = |rule: Rule, vis: Visibility| {
+            let st = settings(vis, CallerIdVisibility::All);
+            let t = Target {
+                id: "1002",
+                site: "branch",
+                settings: &st,
+                grants: &grants,
+            };
+            let v = Verdict {
+                allowed: true,
+                rule,
+                caller_id_visible: false,
+            };
+            explain(&v, &w, &t)
+        };
+        let e = Visibility::Everyone;
+        let cases = [
+            (Rule::Self_, e, "1001 is 1002"),
+            (Rule::OfficeManager, e, "1001 is an office manager and office managers see the whole domain"),
+            (Rule::SiteManager, e, "1001 manages site branch where 1002 is"),
+            (Rule::QueueSupervisor, e, "1001 supervises a call queue 1002 is an agent of"),
+            (Rule::VisibilityEveryone, e, "1002 lets everyone see its presence"),
+            (Rule::VisibilityNobody, e, "1002 lets nobody see its presence"),
+            (Rule::SeeGrantUser, e, "1002 granted see to 1001"),
+            (Rule::SeeGrantSite, e, "1002 granted see to site hq"),
+            (Rule::SeeGrantDomain, e, "1002 granted see to the whole domain"),
+            (Rule::PickupGrant, e, "1002 allows 1001 to pick up its calls (pickup implies see)"),
+            (
+                Rule::NoGrant,
+                Visibility::PickupUsers,
+                "1002 is visible only to users who may pick up its calls, and 1001 may not",
+            ),
+            (
+                Rule::NoGrant,
+                Visibility::PermittedUsers,
+                "1002 has granted nothing to 1001, its site or the domain",
+            ),
+            (Rule::OtherDomain, e, "no such user"),
+            (Rule::Unspecified, e, "no such user"),
+        ];
+        for (rule, vis, want) in cases {
+            assert_eq!(text(rule, vis), want, "{rule:?}");
+        }
+    }
+
+    #[test]
     fn test_self_is_always_allowed_with_caller_id() {
         let w = watcher("t", "", Scope::SimpleUser, &[]);
         let s = settings(Visibility::Nobody, CallerIdVisibility::None);
