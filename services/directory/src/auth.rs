@@ -903,7 +903,10 @@ mod tests {
             }
         );
         for (epoch, inc) in [(1, 0), (-1, 0), (0, 1), (0, -1)] {
-            assert_eq!(v.validate(&user_claims(&store, "1001", epoch, inc)), Err(ended()));
+            assert_eq!(
+                v.validate(&user_claims(&store, "1001", epoch, inc)),
+                Err(ended())
+            );
         }
         // No portal for simple users.
         let e = v.validate(&user_claims(&store, "1002", 0, 0)).unwrap_err();
@@ -920,7 +923,12 @@ mod tests {
         .unwrap();
         assert_eq!(v.validate(&user_claims(&store, "1001", 0, 0)), Err(ended()));
         // Unknown or malformed names.
-        for (dom, user) in [("acme", "9999"), ("nowhere", "1001"), ("Bad Domain", "1001"), ("acme", "bad user")] {
+        for (dom, user) in [
+            ("acme", "9999"),
+            ("nowhere", "1001"),
+            ("Bad Domain", "1001"),
+            ("acme", "bad user"),
+        ] {
             let c = Claims {
                 sub: Subject::User {
                     domain: dom.into(),
@@ -954,7 +962,8 @@ mod tests {
             exp: i64::MAX,
         };
         assert_eq!(
-            v.validate(&phone("acme", "1001", "0004f2aabbcc", inc)).unwrap(),
+            v.validate(&phone("acme", "1001", "0004f2aabbcc", inc))
+                .unwrap(),
             Principal::Phone {
                 domain: d("acme"),
                 user: u("1001"),
@@ -993,16 +1002,22 @@ mod tests {
         );
         assert_eq!(
             domains_of(
-                v.validate(&service(&["acme", "globex"], vec![dinc("acme"), dinc("globex")]))
-                    .unwrap()
+                v.validate(&service(
+                    &["acme", "globex"],
+                    vec![dinc("acme"), dinc("globex")]
+                ))
+                .unwrap()
             ),
             DomainSet::Some(vec![d("acme"), d("globex")])
         );
         // One domain of another life (or of none): only the other holds.
         assert_eq!(
             domains_of(
-                v.validate(&service(&["acme", "globex"], vec![dinc("acme") + 1, dinc("globex")]))
-                    .unwrap()
+                v.validate(&service(
+                    &["acme", "globex"],
+                    vec![dinc("acme") + 1, dinc("globex")]
+                ))
+                .unwrap()
             ),
             DomainSet::Some(vec![d("globex")])
         );

@@ -194,6 +194,7 @@ impl Role {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use presence_auth::DomainSet;

@@ -478,15 +478,43 @@ mod tests {
         let e = Visibility::Everyone;
         let cases = [
             (Rule::Self_, e, "1001 is 1002"),
-            (Rule::OfficeManager, e, "1001 is an office manager and office managers see the whole domain"),
-            (Rule::SiteManager, e, "1001 manages site branch where 1002 is"),
-            (Rule::QueueSupervisor, e, "1001 supervises a call queue 1002 is an agent of"),
-            (Rule::VisibilityEveryone, e, "1002 lets everyone see its presence"),
-            (Rule::VisibilityNobody, e, "1002 lets nobody see its presence"),
+            (
+                Rule::OfficeManager,
+                e,
+                "1001 is an office manager and office managers see the whole domain",
+            ),
+            (
+                Rule::SiteManager,
+                e,
+                "1001 manages site branch where 1002 is",
+            ),
+            (
+                Rule::QueueSupervisor,
+                e,
+                "1001 supervises a call queue 1002 is an agent of",
+            ),
+            (
+                Rule::VisibilityEveryone,
+                e,
+                "1002 lets everyone see its presence",
+            ),
+            (
+                Rule::VisibilityNobody,
+                e,
+                "1002 lets nobody see its presence",
+            ),
             (Rule::SeeGrantUser, e, "1002 granted see to 1001"),
             (Rule::SeeGrantSite, e, "1002 granted see to site hq"),
-            (Rule::SeeGrantDomain, e, "1002 granted see to the whole domain"),
-            (Rule::PickupGrant, e, "1002 allows 1001 to pick up its calls (pickup implies see)"),
+            (
+                Rule::SeeGrantDomain,
+                e,
+                "1002 granted see to the whole domain",
+            ),
+            (
+                Rule::PickupGrant,
+                e,
+                "1002 allows 1001 to pick up its calls (pickup implies see)",
+            ),
             (
                 Rule::NoGrant,
                 Visibility::PickupUsers,
