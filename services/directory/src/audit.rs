@@ -334,37 +334,8 @@ fn valid_id(s: &str) -> bool {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::service::DirectoryConfig;
     use crate::store::Store;
-    use presence_auth::{DomainSet, TokenSigner};
-    use std::sync::Arc;
-
-    fn admin() -> Principal {
-        Principal::Service {
-            name: "ops".into(),
-            domains: DomainSet::All,
-            rights: vec![rights::ALL.into()],
-        }
-    }
-
-    async fn directory(dir: &std::path::Path) -> (Directory, Arc<Store>) {
-        let store = Arc::new(Store::open_unsynced(dir).unwrap());
-        let cfg = DirectoryConfig {
-            hash_cost: presence_auth::password::HashCost {
-                memory_kib: 256,
-                iterations: 1,
-            },
-            ..DirectoryConfig::default()
-        };
-        let d = Directory::new(
-            store.clone(),
-            Arc::new(presence_bus::InProcessBus::new(16)),
-            TokenSigner::new(TokenSigner::generate_key()).unwrap(),
-            cfg,
-        )
-        .unwrap();
-        (d, store)
-    }
+    use crate::testing::{admin, directory};
 
     fn count(store: &Store, tag: &str) -> usize {
         store.scan(&prefix(tag, &[]), None).count()
@@ -373,7 +344,7 @@ mod tests {
     #[tokio::test]
     async fn test_purge_deletes_old_events_everywhere_and_expired_revocations_only() {
         let tmp = tempfile::tempdir().unwrap();
-        let (d, store) = directory(tmp.path()).await;
+        let (d, store) = directory(tmp.path());
         let p = admin();
         d.create_domain(
             &p,

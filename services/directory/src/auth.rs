@@ -775,16 +775,7 @@ fn token_trails(sub: &Subject) -> (Vec<Option<DomainId>>, String, String) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::service::DirectoryConfig;
-    use presence_auth::TokenSigner;
-
-    fn admin() -> Principal {
-        Principal::Service {
-            name: "ops".into(),
-            domains: DomainSet::All,
-            rights: vec![rights::ALL.into()],
-        }
-    }
+    use crate::testing::admin;
 
     fn d(s: &str) -> DomainId {
         DomainId::parse(s).unwrap()
@@ -797,21 +788,7 @@ mod tests {
     /// A directory with acme (site hq; users 1001 basic at hq, 1002
     /// simple; phone aa:bb of 1001) and globex.
     async fn setup(dir: &std::path::Path) -> (Directory, Arc<Store>) {
-        let store = Arc::new(Store::open_unsynced(dir).unwrap());
-        let cfg = DirectoryConfig {
-            hash_cost: presence_auth::password::HashCost {
-                memory_kib: 256,
-                iterations: 1,
-            },
-            ..DirectoryConfig::default()
-        };
-        let dirc = Directory::new(
-            store.clone(),
-            Arc::new(presence_bus::InProcessBus::new(16)),
-            TokenSigner::new(TokenSigner::generate_key()).unwrap(),
-            cfg,
-        )
-        .unwrap();
+        let (dirc, store) = crate::testing::directory(dir);
         let p = admin();
         for id in ["acme", "globex"] {
             dirc.create_domain(

@@ -41,6 +41,8 @@ pub mod search;
 pub mod service;
 pub mod snapshot;
 pub mod store;
+#[cfg(test)]
+mod testing;
 pub mod throttle;
 mod users;
 
