@@ -89,11 +89,18 @@ impl InProcessBus {
         }
     }
 
-    fn deliver(&self, subject: String, payload: Bytes, reply: Option<String>) -> usize {
+    fn deliver(
+        &self,
+        subject: String,
+        payload: Bytes,
+        reply: Option<String>,
+        trace: Option<crate::trace::TraceParent>,
+    ) -> usize {
         let msg = BusMessage {
             subject,
             payload,
             reply,
+            trace,
         };
         let mut delivered = 0usize;
         let mut dropped = 0u64;
@@ -168,11 +175,20 @@ impl Default for InProcessBus {
 
 impl Bus for InProcessBus {
     fn publish(&self, subject: String, payload: Bytes) -> BusFuture<'_, ()> {
+        self.publish_traced(subject, payload, None)
+    }
+
+    fn publish_traced(
+        &self,
+        subject: String,
+        payload: Bytes,
+        trace: Option<crate::trace::TraceParent>,
+    ) -> BusFuture<'_, ()> {
         Box::pin(async move {
             if !valid_subject(&subject) {
                 return Err(BusError::InvalidSubject(subject));
             }
-            self.deliver(subject, payload, None);
+            self.deliver(subject, payload, None, trace);
             Ok(())
         })
     }
@@ -190,7 +206,7 @@ impl Bus for InProcessBus {
             let n = self.inner.round_robin.fetch_add(1, Ordering::Relaxed);
             let inbox = format!("_INBOX.inprocess.{n}");
             let mut replies = self.add(inbox.clone(), None)?;
-            if self.deliver(subject.clone(), payload, Some(inbox)) == 0 {
+            if self.deliver(subject.clone(), payload, Some(inbox), None) == 0 {
                 return Err(BusError::Unavailable(format!("no responders on {subject}")));
             }
             match tokio::time::timeout(timeout, futures_util::StreamExt::next(&mut replies)).await {

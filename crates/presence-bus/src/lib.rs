@@ -14,7 +14,9 @@
 //! - [`pattern`]: NATS subject matching, used by the in-process bus;
 //! - [`buckets`]: JetStream KV buckets opened alike everywhere;
 //! - [`log_reader`]: reading a JetStream stream in order across server
-//!   deaths (the shard logs and the replicated directory log).
+//!   deaths (the shard logs and the replicated directory log);
+//! - [`trace`]: W3C trace context carried across the bus (NATS headers),
+//!   so a change is one trace from its cause to its watchers.
 
 pub mod buckets;
 pub mod inprocess;
@@ -22,6 +24,7 @@ pub mod log_reader;
 pub mod nats;
 pub mod pattern;
 pub mod subjects;
+pub mod trace;
 
 pub use inprocess::InProcessBus;
 pub use nats::NatsBus;
@@ -66,6 +69,9 @@ pub struct BusMessage {
     pub payload: Bytes,
     /// Where to send a reply, for requests.
     pub reply: Option<String>,
+    /// The trace it belongs to (NATS header `traceparent`), read only
+    /// while propagation is on ([`trace::enabled`]).
+    pub trace: Option<trace::TraceParent>,
 }
 
 /// A boxed future returned by [`Bus`] methods.
@@ -80,6 +86,18 @@ pub type BusSubscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
 pub trait Bus: Send + Sync + 'static {
     /// Publishes `payload` on `subject` (no wildcards).
     fn publish(&self, subject: String, payload: Bytes) -> BusFuture<'_, ()>;
+
+    /// Publishes like [`Bus::publish`], with the trace the message
+    /// belongs to (on NATS in the header `traceparent`).
+    fn publish_traced(
+        &self,
+        subject: String,
+        payload: Bytes,
+        trace: Option<trace::TraceParent>,
+    ) -> BusFuture<'_, ()> {
+        let _ = trace;
+        self.publish(subject, payload)
+    }
 
     /// Subscribes to every subject matching `pattern`.
     fn subscribe(&self, pattern: String) -> BusFuture<'_, BusSubscription>;

@@ -231,10 +231,18 @@ pub fn parse_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, BusError>
 }
 
 fn map_sub(sub: async_nats::Subscriber) -> BusSubscription {
-    Box::pin(sub.map(|m| BusMessage {
-        subject: m.subject.to_string(),
-        payload: m.payload,
-        reply: m.reply.map(|r| r.to_string()),
+    Box::pin(sub.map(|m| {
+        BusMessage {
+            subject: m.subject.to_string(),
+            payload: m.payload,
+            reply: m.reply.map(|r| r.to_string()),
+            trace: crate::trace::from_header(
+                m.headers
+                    .as_ref()
+                    .and_then(|h| h.get(crate::trace::HEADER))
+                    .map(|v| v.as_str()),
+            ),
+        }
     }))
 }
 
@@ -254,6 +262,28 @@ impl Bus for NatsBus {
             }
             self.client
                 .publish(subject(subj)?, payload)
+                .await
+                .map_err(|e| BusError::Unavailable(e.to_string()))
+        })
+    }
+
+    fn publish_traced(
+        &self,
+        subj: String,
+        payload: Bytes,
+        trace: Option<crate::trace::TraceParent>,
+    ) -> BusFuture<'_, ()> {
+        let Some(t) = trace else {
+            return self.publish(subj, payload);
+        };
+        Box::pin(async move {
+            if !crate::pattern::valid_subject(&subj) {
+                return Err(BusError::InvalidSubject(subj));
+            }
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert(crate::trace::HEADER, t.header().as_str());
+            self.client
+                .publish_with_headers(subject(subj)?, headers, payload)
                 .await
                 .map_err(|e| BusError::Unavailable(e.to_string()))
         })

@@ -20,6 +20,7 @@
 
 use crate::convert::redact;
 use bytes::Bytes;
+use presence_bus::trace::{self, TraceParent};
 use presence_bus::{SharedBus, subjects};
 use presence_core::{ApiError, ApiResult};
 use presence_proto::frame::EventBytes;
@@ -376,7 +377,7 @@ impl Edge {
                 // Keeps the readiness sender alive with the subscription.
                 let _ready = ready_tx;
                 while let Some(m) = presence_bus::next_or_shutdown(&mut sub, &cancel).await {
-                    edge.receive(&domain, &user, m.payload);
+                    edge.receive(&domain, &user, m.payload, m.trace);
                 }
             });
         }
@@ -390,7 +391,7 @@ impl Edge {
 
     /// Decodes a state that arrived for `(domain, user)` once and hands it
     /// to every local mailbox watching it.
-    fn receive(&self, domain: &str, user: &str, payload: Bytes) {
+    fn receive(&self, domain: &str, user: &str, payload: Bytes, trace: Option<TraceParent>) {
         let state = match v1::PresenceState::decode(payload.clone()) {
             Ok(s) if s.domain == domain && s.user == user => s,
             Ok(s) => {
@@ -406,21 +407,36 @@ impl Edge {
                 return;
             }
         };
-        self.deliver_new(domain, user, state, payload);
+        self.deliver_new(domain, user, state, payload, (trace, "bus"));
     }
 
     /// Hands a state published by a shard owner of this node to the
     /// local watchers at once, without the round trip through the bus
     /// (which still carries it to the other nodes; its echo here is
     /// dropped as already delivered).
-    pub(crate) fn deliver_local(&self, state: v1::PresenceState, payload: Bytes) {
+    pub(crate) fn deliver_local(
+        &self,
+        state: v1::PresenceState,
+        payload: Bytes,
+        trace: Option<TraceParent>,
+    ) {
         let (domain, user) = (state.domain.clone(), state.user.clone());
-        self.deliver_new(&domain, &user, state, payload);
+        self.deliver_new(&domain, &user, state, payload, (trace, "local"));
     }
 
     /// Delivers `state` unless a version at least as new was delivered
-    /// for its target already (or nobody here watches it).
-    fn deliver_new(&self, domain: &str, user: &str, state: v1::PresenceState, payload: Bytes) {
+    /// for its target already (or nobody here watches it). A state that
+    /// is part of a trace gets a `presence.deliver` span there, naming
+    /// how it came (`via`: from this node's shard or over the bus) and
+    /// how many of this node's watch streams it was handed to.
+    fn deliver_new(
+        &self,
+        domain: &str,
+        user: &str,
+        state: v1::PresenceState,
+        payload: Bytes,
+        (parent, via): (Option<TraceParent>, &'static str),
+    ) {
         let fresh = {
             let topics = match self.inner.topics.read() {
                 Ok(g) => g,
@@ -434,19 +450,35 @@ impl Edge {
         if !fresh {
             return;
         }
+        let span = trace::child(parent, || {
+            tracing::info_span!(
+                "presence.deliver",
+                otel.kind = "consumer",
+                domain,
+                user,
+                version = state.version,
+                via,
+                watchers = tracing::field::Empty,
+            )
+        });
         let shared = Arc::new(Shared::new(state, payload, &self.inner.counts));
-        self.deliver(domain, user, &shared);
+        let watchers = self.deliver(domain, user, &shared);
+        if let Some(span) = span {
+            span.record("watchers", watchers);
+        }
     }
 
-    /// Puts `s` into every local mailbox watching `(domain, user)`.
-    fn deliver(&self, domain: &str, user: &str, s: &Arc<Shared>) {
+    /// Puts `s` into every local mailbox watching `(domain, user)`;
+    /// returns how many.
+    fn deliver(&self, domain: &str, user: &str, s: &Arc<Shared>) -> usize {
         let topics = match self.inner.topics.read() {
             Ok(g) => g,
             Err(e) => e.into_inner(),
         };
         let Some(topic) = topics.get(domain).and_then(|u| u.get(user)) else {
-            return;
+            return 0;
         };
+        let watchers = topic.watchers.len();
         let mut coalesced = 0;
         for (mb, i) in &topic.watchers {
             coalesced += u64::from(mb.put(*i, s));
@@ -455,6 +487,7 @@ impl Edge {
         if coalesced > 0 {
             metrics::counter!("presence_fanout_coalesced_total").increment(coalesced);
         }
+        watchers
     }
 
     /// Returns how many targets have a subscription on this node.

@@ -379,6 +379,7 @@ mod tests {
             subject: format!("presence.v1.in.{domain}.u{n}"),
             payload: bytes::Bytes::new(),
             reply: None,
+            trace: None,
         }
     }
 
@@ -414,6 +415,7 @@ mod tests {
         let ready: Vec<BusMessage> = (0..10)
             .map(|n| BusMessage {
                 reply: Some(format!("_INBOX.{n}")),
+                trace: None,
                 ..message("flood", n)
             })
             .collect();

@@ -15,10 +15,27 @@
 
 use crate::convert::{event_from_proto, reject_label, reject_reason};
 use presence_auth::{Principal, rights};
+use presence_bus::trace::{self, TraceParent};
 use presence_core::presence::EventKind;
 use presence_core::{ApiError, DomainId, Mac, UserId};
 use presence_policy::AclView;
 use presence_proto::v1::{self, RejectReason};
+
+/// Takes a device event that came over NATS with a trace context into
+/// that trace: a `presence.ingest` span, child of the publisher's span,
+/// whose context becomes the parent of the event's application (None:
+/// the event is not traced).
+pub(crate) fn ingest_span(subject: &str, parent: Option<TraceParent>) -> Option<TraceParent> {
+    let span = trace::child(parent, || {
+        tracing::info_span!(
+            "presence.ingest",
+            otel.kind = "consumer",
+            messaging.system = "nats",
+            messaging.destination.name = subject,
+        )
+    })?;
+    TraceParent::of(&span)
+}
 
 /// Counts and logs a rejected event and returns its result.
 pub(crate) fn rejected(reason: RejectReason, detail: impl Into<String>) -> v1::PublishResult {

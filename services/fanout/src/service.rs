@@ -5,12 +5,13 @@ use crate::cluster::{Cluster, ShardParams};
 use crate::convert::redact;
 use crate::edge::Edge;
 use crate::fair::Inlet;
-use crate::ingest::{check_event, ingest_target, may_publish, rejected};
+use crate::ingest::{check_event, ingest_span, ingest_target, may_publish, rejected};
 use crate::quota::{DomainQuota, IngestQuota, StreamSlots, over_ingest_quota};
 use crate::shard::{self, Clock};
 use crate::shards::Shards;
 use crate::stream::{Batching, StreamSpec, WatchStream};
 use presence_auth::{Principal, rights};
+use presence_bus::trace::TraceParent;
 use presence_bus::{BusSubscription, SharedBus, subjects};
 use presence_core::presence::Limits;
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
@@ -223,6 +224,9 @@ impl Fanout {
         }
         // Verdicts in request order: early rejections now, the valid
         // events' verdicts from the shards (in one pipelined batch).
+        // The request's span (see presenced's gRPC tracing), carried to
+        // the shards and the watchers.
+        let trace = TraceParent::current();
         let mut results: Vec<Option<v1::PublishResult>> = vec![None; req.events.len()];
         let mut valid = Vec::new();
         let mut slots = Vec::new();
@@ -258,7 +262,7 @@ impl Fanout {
         }
         for (i, r) in slots
             .into_iter()
-            .zip(self.inner.shards.apply_all(valid).await)
+            .zip(self.inner.shards.apply_all(valid, trace).await)
         {
             results[i] = Some(r);
         }
@@ -519,7 +523,11 @@ impl Fanout {
                 Ok(ev) => ev,
                 Err(_) => continue,
             };
-            self.inner.shards.apply_all(vec![((d, u), ev, e)]).await;
+            let trace = ingest_span(&m.subject, m.trace);
+            self.inner
+                .shards
+                .apply_all(vec![((d, u), ev, e)], trace)
+                .await;
         }
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::convert::state_to_proto;
 use crate::quota::Buckets;
+use presence_bus::trace::{self, TraceParent};
 use presence_bus::{SharedBus, subjects};
 use presence_core::presence::{Aggregate, Event, Limits, Reject, Rejection, UserPresence};
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
@@ -75,6 +76,7 @@ enum Command {
     Apply {
         key: UserKey,
         event: Event,
+        trace: Option<TraceParent>,
         reply: oneshot::Sender<Result<bool, Rejection>>,
     },
     Get {
@@ -97,9 +99,24 @@ impl ShardHandle {
     /// Applies an event; waits for room when the inbox is full
     /// (backpressure on the publisher, never on watchers).
     pub async fn apply(&self, key: UserKey, event: Event) -> ApiResult<Result<bool, Rejection>> {
+        self.apply_traced(key, event, None).await
+    }
+
+    /// [`ShardHandle::apply`] of an event that is part of trace `trace`.
+    pub async fn apply_traced(
+        &self,
+        key: UserKey,
+        event: Event,
+        trace: Option<TraceParent>,
+    ) -> ApiResult<Result<bool, Rejection>> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Apply { key, event, reply })
+            .send(Command::Apply {
+                key,
+                event,
+                trace,
+                reply,
+            })
             .await
             .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
@@ -186,7 +203,9 @@ impl Shard {
         }
     }
 
-    async fn publish(&self, key: &UserKey) {
+    /// Publishes `key`'s state, as part of trace `trace` (the span that
+    /// changed it) if any.
+    async fn publish(&self, key: &UserKey, trace: Option<TraceParent>) {
         if !self.publishing {
             return;
         }
@@ -196,9 +215,9 @@ impl Shard {
         let payload: bytes::Bytes = state.encode_to_vec().into();
         // This node's watchers first, without the bus's round trip.
         if let Some(edge) = &self.edge {
-            edge.deliver_local(state, payload.clone());
+            edge.deliver_local(state, payload.clone(), trace);
         }
-        if let Err(e) = self.bus.publish(subject, payload).await {
+        if let Err(e) = self.bus.publish_traced(subject, payload, trace).await {
             tracing::warn!(shard = self.id, error = %e, "presence change not published");
         }
     }
@@ -232,7 +251,7 @@ impl Shard {
             if changed {
                 any = true;
                 metrics::counter!("presence_fanout_expired_total").increment(1);
-                self.publish(&key).await;
+                self.publish(&key, None).await;
             }
             self.reschedule(&key);
         }
@@ -247,12 +266,45 @@ impl Shard {
     }
 
     /// Applies one event at `now` (unix ms); publishes the new aggregate
-    /// when it changed.
+    /// when it changed. An event that is part of a trace (`parent`) gets
+    /// a `presence.apply` span there, and its change carries it on.
     pub(crate) async fn apply(
         &mut self,
         key: UserKey,
         event: &Event,
         now: i64,
+        parent: Option<TraceParent>,
+    ) -> Result<bool, Rejection> {
+        let span = trace::child(parent, || {
+            tracing::info_span!(
+                "presence.apply",
+                otel.kind = "consumer",
+                shard = self.id,
+                domain = %key.0,
+                user = %key.1,
+                device = %event.device,
+                outcome = tracing::field::Empty,
+            )
+        });
+        let r = self
+            .apply_inner(key, event, now, span.as_ref().and_then(TraceParent::of))
+            .await;
+        if let Some(span) = span {
+            match &r {
+                Ok(true) => span.record("outcome", "changed"),
+                Ok(false) => span.record("outcome", "unchanged"),
+                Err(r) => span.record("outcome", tracing::field::debug(r.reason)),
+            };
+        }
+        r
+    }
+
+    async fn apply_inner(
+        &mut self,
+        key: UserKey,
+        event: &Event,
+        now: i64,
+        trace: Option<TraceParent>,
     ) -> Result<bool, Rejection> {
         if !self.admit(&key, &event.device, now) {
             return Err(Rejection::new(
@@ -270,7 +322,7 @@ impl Shard {
             .or_insert_with(|| UserPresence::new(floor));
         let r = u.apply_explained(event, now, &self.limits);
         if matches!(r, Ok(true)) {
-            self.publish(&key).await;
+            self.publish(&key, trace).await;
         }
         self.reschedule(&key);
         r
@@ -325,15 +377,20 @@ impl Shard {
             if let Some(u) = self.users.get_mut(&k) {
                 u.raise_version(floor);
             }
-            self.publish(&k).await;
+            self.publish(&k, None).await;
         }
     }
 
     async fn handle(&mut self, cmd: Command) {
         match cmd {
-            Command::Apply { key, event, reply } => {
+            Command::Apply {
+                key,
+                event,
+                trace,
+                reply,
+            } => {
                 let now = self.clock.now_ms();
-                let r = self.apply(key, &event, now).await;
+                let r = self.apply(key, &event, now, trace).await;
                 let _ = reply.send(r);
             }
             Command::Get { keys, reply } => {

@@ -8,6 +8,7 @@ use crate::convert::{reject_reason, state_to_proto};
 use crate::ingest::{applied, rejected};
 use crate::shard::{self, ShardHandle, UserKey};
 use crate::stream::StateSource;
+use presence_bus::trace::TraceParent;
 use presence_core::presence::Event;
 use presence_core::{ApiError, ApiResult, DomainId, UserId};
 use presence_proto::v1::{self, RejectReason};
@@ -30,21 +31,23 @@ impl Shards {
         }
     }
 
-    /// Applies validated events and returns their verdicts, in order.
+    /// Applies validated events, part of trace `trace` if any, and
+    /// returns their verdicts, in order.
     pub async fn apply_all(
         &self,
         events: Vec<(UserKey, Event, v1::DeviceEvent)>,
+        trace: Option<TraceParent>,
     ) -> Vec<v1::PublishResult> {
         match self {
             Shards::Cluster(c) => {
-                c.submit_and_wait(events.into_iter().map(|(k, _, e)| (k, e)).collect())
+                c.submit_and_wait(events.into_iter().map(|(k, _, e)| (k, e)).collect(), trace)
                     .await
             }
             Shards::Local(handles) => {
                 let mut out = Vec::with_capacity(events.len());
                 for ((d, u), ev, _) in events {
                     let h = &handles[shard::shard_index(&d, &u, handles.len())];
-                    out.push(match h.apply((d, u), ev).await {
+                    out.push(match h.apply_traced((d, u), ev, trace).await {
                         Ok(Ok(changed)) => applied(changed),
                         Ok(Err(r)) => rejected(reject_reason(r.reason), r.detail),
                         Err(e) => rejected(RejectReason::Unspecified, e.to_string()),

@@ -1,7 +1,8 @@
 //! Randomized tests over what the fanout decodes from untrusted bytes:
 //! device events as published on NATS (noise and mutated valid
-//! encodings), ingest subjects, input-log entries and `WatchMany`
-//! requests. None may panic; what is accepted is well formed.
+//! encodings), ingest subjects, input-log entries, `WatchMany` requests
+//! and `traceparent` values (NATS headers, gRPC metadata, log entries).
+//! None may panic; what is accepted is well formed.
 //!
 //! Cases: `PRESENCE_FUZZ_CASES` (default 20 000); replay with
 //! `PRESENCE_FUZZ_SEED`.
@@ -111,6 +112,47 @@ fn hostile_subjects_parse_to_valid_ids_or_nothing() {
     }
 }
 
+const W3C: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+#[test]
+fn hostile_traceparents_parse_to_a_context_or_nothing() {
+    use presence_bus::trace::TraceParent;
+    let mut r = Rng::new(seed() ^ 6);
+    for _ in 0..cases(20_000) {
+        let s = match r.below(3) {
+            0 => r.hostile_string(80),
+            1 => {
+                let mut b = W3C.as_bytes().to_vec();
+                r.mutate(&mut b);
+                String::from_utf8_lossy(&b).into_owned()
+            }
+            _ => format!(
+                "{:02x}-{:032x}-{:016x}-{:02x}{}",
+                r.below(256),
+                u128::from(r.next()) << 64 | u128::from(r.next()),
+                r.next(),
+                r.below(256),
+                if r.below(2) == 0 {
+                    String::new()
+                } else {
+                    r.hostile_string(10)
+                }
+            ),
+        };
+        if let Some(p) = TraceParent::parse(&s) {
+            // What is accepted names a trace and a span, and is sent on
+            // as a version-00 value that reads back the same.
+            assert!(p.trace_id() != 0 && p.span_id() != 0, "{s:?}");
+            assert_eq!(p.header().len(), 55);
+            assert_eq!(TraceParent::parse(&p.header()), Some(p), "{s:?}");
+            if s.starts_with("00") {
+                // Version 00 has exactly one spelling.
+                assert_eq!(p.header(), s);
+            }
+        }
+    }
+}
+
 #[test]
 fn input_log_entries_and_watch_many_requests_decode_or_refuse() {
     let mut r = Rng::new(seed() ^ 5);
@@ -122,6 +164,7 @@ fn input_log_entries_and_watch_many_requests_decode_or_refuse() {
             reply: String::new(),
             token: 0,
             takeover: false,
+            traceparent: W3C.into(),
         }],
         admitted_ms: 1,
     }

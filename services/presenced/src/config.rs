@@ -51,7 +51,9 @@ pub struct Config {
     pub nats_creds_file: String,
     /// File holding the nkey seed of this node's NATS user.
     pub nats_nkey_file: String,
-    /// Roles of this process.
+    /// Roles of this process (a list, or one comma-separated string as
+    /// `PRESENCE_ROLES=directory,policy` gives it).
+    #[serde(deserialize_with = "comma_list")]
     pub roles: Vec<String>,
     /// Prometheus metrics listen address; empty disables the endpoint.
     pub metrics_listen: String,
@@ -271,6 +273,25 @@ pub const ENV_KEYS: &[&str] = &[
     "audit_retention_days",
     "maintenance_interval_secs",
 ];
+
+/// A list of names given as a list or as one comma-separated string.
+fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match <List as serde::Deserialize>::deserialize(d)? {
+        List::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        List::Many(v) => v,
+    })
+}
 
 /// Values given as command-line flags; unset ones do not override.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -855,6 +876,10 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:7000");
         assert_eq!(c.roles, vec!["directory".to_string()]);
         assert_eq!(c.bus_capacity, 10);
+        // One comma-separated string, as PRESENCE_ROLES gives it.
+        std::fs::write(&f, "roles = \"policy, fanout\"\n")?;
+        let c = Config::load(Some(&f), &Overrides::default())?;
+        assert_eq!(c.roles, vec!["policy".to_string(), "fanout".to_string()]);
         std::fs::write(&f, "listen = \"127.0.0.1:6000\"\nbogus = 1\n")?;
         assert!(Config::load(Some(&f), &Overrides::default()).is_err());
         assert!(

@@ -238,7 +238,7 @@ fn issue(cfg: &Config, args: &IssueArgs) -> ExitCode {
 }
 
 async fn run(cfg: Config) -> anyhow::Result<()> {
-    let telemetry = Telemetry::init(cfg.log_format == "json")?;
+    let telemetry = Telemetry::init(cfg.log_format == "json", &cfg.node_id)?;
     let shutdown = CancellationToken::new();
     let tracker = tokio_util::task::TaskTracker::new();
     if !cfg.metrics_listen.is_empty() {

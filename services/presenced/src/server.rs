@@ -333,6 +333,9 @@ impl Server {
                 .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         };
         let mut router = tonic::transport::Server::builder()
+            // Each call's span, in the caller's trace (while traces are
+            // exported).
+            .trace_fn(crate::telemetry::request_span)
             // Bounds a request that sends headers and never its message
             // (the timeout covers a call until its answer starts, so live
             // Watch streams are not cut).

@@ -9,15 +9,17 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod common;
+
 use async_nats::jetstream;
 use presence_client::{PresenceClient, connect};
 use presence_proto::v1::{self, device_event::Kind as K, watch_event::Event as E};
 use presence_testkit::{ChildGuard as Proc, NatsServer, spawn_ready};
 use prost::Message;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::Streaming;
 
 const SHARDS: usize = 32;
@@ -54,40 +56,11 @@ fn node_with_metrics(
 }
 
 async fn owners(js: &jetstream::Context) -> Vec<Option<String>> {
-    let Ok(kv) = js.get_key_value("presence_shard_leases").await else {
-        return vec![None; SHARDS];
-    };
-    let mut out = Vec::new();
-    for n in 0..SHARDS {
-        let e = kv.entry(format!("s{n}")).await.unwrap();
-        out.push(
-            e.filter(|e| e.operation == jetstream::kv::Operation::Put)
-                .map(|e| String::from_utf8_lossy(&e.value).into_owned()),
-        );
-    }
-    out
+    common::owners(js, SHARDS).await
 }
 
-/// Waits until every shard is owned by one of `nodes` and each of them
-/// owns at least one (ownership is visible in the lease bucket).
 async fn wait_spread(js: &jetstream::Context, nodes: &[&str]) -> Vec<String> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let o = owners(js).await;
-        let all: Option<Vec<String>> = o.into_iter().collect();
-        if let Some(all) = all {
-            let used: HashSet<&str> = all.iter().map(String::as_str).collect();
-            if all.iter().all(|x| nodes.contains(&x.as_str())) && used.len() == nodes.len() {
-                return all;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "shards never spread over {nodes:?}: {:?}",
-            owners(js).await
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    common::wait_spread(js, SHARDS, nodes).await
 }
 
 fn user(i: usize) -> String {

@@ -36,12 +36,13 @@
 //! before it lets the lease go.
 
 use crate::fair::Inlet;
-use crate::ingest::{ingest_subject, rejected};
+use crate::ingest::{ingest_span, ingest_subject, rejected};
 use crate::quota::{IngestQuota, over_ingest_quota};
 use crate::shard::shard_index;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use presence_bus::trace::TraceParent;
 use presence_bus::{BusMessage, subjects};
 use presence_core::{DomainId, UserId};
 use presence_proto::v1::{self, RejectReason};
@@ -97,6 +98,7 @@ struct Standby {
     user: UserId,
     payload: Bytes,
     reply: Option<String>,
+    trace: Option<TraceParent>,
 }
 
 /// The admission task's state.
@@ -122,6 +124,7 @@ impl Admission {
         payload: &Bytes,
         reply: Option<String>,
         takeover: bool,
+        trace: Option<TraceParent>,
     ) {
         if self.pending.back().is_none_or(Pending::is_full) {
             self.pending.push_back(Pending::default());
@@ -137,6 +140,7 @@ impl Admission {
             reply: String::new(),
             token: 0,
             takeover,
+            traceparent: trace.map(|t| t.header()).unwrap_or_default(),
         });
         if let Some(r) = reply {
             p.replies.push(r);
@@ -273,7 +277,10 @@ impl Cluster {
             taken += 1;
             metrics::counter!("presence_fanout_events_in_total").increment(1);
             if quota.admit(&s.domain, now) {
-                st.push(&s.domain, &s.user, &s.payload, s.reply, true);
+                let trace = s
+                    .trace
+                    .and_then(|t| ingest_span(&subjects::ingest(&s.domain, &s.user), Some(t)));
+                st.push(&s.domain, &s.user, &s.payload, s.reply, true, trace);
             } else {
                 rejected(RejectReason::RateLimited, over_ingest_quota(&s.domain));
             }
@@ -323,7 +330,8 @@ impl Cluster {
             rejected(RejectReason::RateLimited, detail.as_str());
             refusal(429, &detail)
         } else {
-            st.push(&d, &u, &m.payload, m.reply, false);
+            let trace = ingest_span(&m.subject, m.trace);
+            st.push(&d, &u, &m.payload, m.reply, false, trace);
             return;
         };
         if let Some(r) = m.reply {
@@ -355,6 +363,7 @@ impl Cluster {
             user: u,
             payload: m.payload,
             reply: m.reply,
+            trace: m.trace,
         });
         metrics::gauge!("presence_fanout_standby_events").set(st.standby.len() as f64);
     }

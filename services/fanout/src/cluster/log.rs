@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use async_nats::jetstream::{self};
 use presence_bus::log_reader::LogReader;
+use presence_bus::trace::{self, TraceParent};
 
 /// Header naming where the owner sends its verdict (entries before
 /// batches).
@@ -49,6 +50,8 @@ pub(super) struct Logged {
     /// Appended again at a takeover: a stale sequence is the copy the old
     /// owner appended, not a rejection.
     takeover: bool,
+    /// The trace it is part of (read while propagation is on).
+    trace: Option<TraceParent>,
 }
 
 /// The events of one log entry that belong to one shard, in log order.
@@ -99,6 +102,7 @@ fn batch_events(items: Vec<v1::IngestItem>) -> (Vec<Logged>, usize) {
             admitted: verdict.is_none(),
             verdict,
             takeover: item.takeover,
+            trace: trace::from_header(Some(&item.traceparent)),
         });
     }
     (events, malformed)
@@ -147,6 +151,7 @@ fn parse(m: &jetstream::Message, fallback_now: i64) -> Option<Parsed> {
         verdict: header(REPLY_HEADER).zip(token),
         admitted: false,
         takeover: false,
+        trace: None,
     });
     Some(out)
 }
@@ -297,7 +302,9 @@ impl Cluster {
             metrics::histogram!("presence_fanout_ingest_lag_seconds").record(lag_ms as f64 / 1e3);
         }
         for e in entry.events {
-            let Some(result) = self.apply_logged(shard, quota, &e, now).await else {
+            // A replay is not traced again: the first owner's work is.
+            let trace = if replay { None } else { e.trace };
+            let Some(result) = self.apply_logged(shard, quota, &e, now, trace).await else {
                 continue;
             };
             if let Some((reply, token)) = e.verdict {
@@ -320,6 +327,7 @@ impl Cluster {
         quota: &mut IngestQuota,
         e: &Logged,
         now: i64,
+        trace: Option<TraceParent>,
     ) -> Option<v1::PublishResult> {
         let (d, u) = (&e.domain, &e.user);
         // The domain's quota before any other work, on the log's clock (a
@@ -342,7 +350,7 @@ impl Cluster {
         }
         Some(match check_event(&self.params.acl, d, u, &ev).await {
             Err(r) => r,
-            Ok(ev) => match shard.apply((d.clone(), u.clone()), &ev, now).await {
+            Ok(ev) => match shard.apply((d.clone(), u.clone()), &ev, now, trace).await {
                 Ok(changed) => applied(changed),
                 Err(r) if r.reason == Reject::StaleSequence && e.takeover => {
                     metrics::counter!("presence_fanout_takeover_duplicates_total").increment(1);

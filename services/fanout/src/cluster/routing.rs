@@ -42,12 +42,14 @@ impl Cluster {
         }
     }
 
-    /// Appends validated events to the input log as one entry and waits
-    /// for the owners' verdicts.
+    /// Appends validated events (part of trace `trace`, if any) to the
+    /// input log as one entry and waits for the owners' verdicts.
     pub(crate) async fn submit_and_wait(
         &self,
         events: Vec<(UserKey, v1::DeviceEvent)>,
+        trace: Option<presence_bus::trace::TraceParent>,
     ) -> Vec<v1::PublishResult> {
+        let traceparent = trace.map(|t| t.header()).unwrap_or_default();
         let mut waits = Vec::with_capacity(events.len());
         let mut batch = v1::IngestBatch::default();
         for ((d, u), e) in events {
@@ -61,6 +63,7 @@ impl Cluster {
                 reply: self.results.clone(),
                 token,
                 takeover: false,
+                traceparent: traceparent.clone(),
             });
             waits.push((token, rx));
         }

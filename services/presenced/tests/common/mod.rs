@@ -3,9 +3,11 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+use async_nats::jetstream;
 use presence_client::PresenceClient;
 use presence_proto::v1;
 use presence_testkit::{ChildGuard as Proc, spawn_ready_logged};
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -163,4 +165,42 @@ pub fn log_tail(dir: &Path, id: &str) -> String {
         errors[errors.len().saturating_sub(5)..].join("\n"),
         warnings[warnings.len().saturating_sub(3)..].join("\n")
     )
+}
+
+/// The owner of each of `shards` shards (from the lease bucket).
+pub async fn owners(js: &jetstream::Context, shards: usize) -> Vec<Option<String>> {
+    let Ok(kv) = js.get_key_value("presence_shard_leases").await else {
+        return vec![None; shards];
+    };
+    let mut out = Vec::new();
+    for n in 0..shards {
+        let e = kv.entry(format!("s{n}")).await.unwrap();
+        out.push(
+            e.filter(|e| e.operation == jetstream::kv::Operation::Put)
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned()),
+        );
+    }
+    out
+}
+
+/// Waits until every shard is owned by one of `nodes` and each of them
+/// owns at least one (ownership is visible in the lease bucket).
+pub async fn wait_spread(js: &jetstream::Context, shards: usize, nodes: &[&str]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = owners(js, shards).await;
+        let all: Option<Vec<String>> = o.into_iter().collect();
+        if let Some(all) = all {
+            let used: HashSet<&str> = all.iter().map(String::as_str).collect();
+            if all.iter().all(|x| nodes.contains(&x.as_str())) && used.len() == nodes.len() {
+                return all;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shards never spread over {nodes:?}: {:?}",
+            owners(js, shards).await
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
