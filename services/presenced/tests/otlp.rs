@@ -6,6 +6,8 @@
 //! the watch streams of both nodes (it crossed to a in the header of the
 //! `presence.v1.out.*` message); and an event a PBX publishes on NATS
 //! with a `traceparent` header continues the PBX's trace the same way.
+//! The embedded broker (one process, in-process bus) links its spans
+//! alike.
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
@@ -237,16 +239,103 @@ fn event(user: &str, sequence: u64, kind: K) -> v1::DeviceEvent {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn test_a_change_is_one_trace_across_nodes_and_nats() {
+/// Starts the collector on a free loopback port; returns its URL.
+async fn collector() -> (Collector, String, tokio::task::JoinHandle<()>) {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let otlp = format!("http://{}", listener.local_addr().unwrap());
-    let serve = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    let serve = tonic::transport::Server::builder()
+        .add_service(TraceServiceServer::new(collector.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let task = tokio::spawn(async move {
+        serve.await.unwrap();
+    });
+    (collector, otlp, task)
+}
+
+/// A traceparent value.
+fn traceparent(trace: u128, span: u64) -> String {
+    format!("00-{trace:032x}-{span:016x}-01")
+}
+
+fn registration(user: &str) -> v1::DeviceEvent {
+    event(
+        user,
+        1,
+        K::Registration(v1::Registration {
+            expires_seconds: 3600,
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_the_embedded_broker_links_publish_apply_and_deliver() {
+    let (collector, otlp, serve) = collector().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_presenced"));
+    cmd.args(["--listen", "127.0.0.1:0", "--metrics-listen", ""])
+        .arg("--data-dir")
+        .arg(tmp.path().join("data"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &otlp)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "50")
+        .env("PRESENCE_NODE_ID", "solo");
+    let (_p, url) = presence_testkit::spawn_ready_logged(
+        cmd,
+        &tmp.path().join("ready"),
+        "presenced",
+        Some(&tmp.path().join("log")),
     );
+    let mut admin = connect(&url, Some(&bootstrap_token(&tmp.path().join("data"))))
+        .await
+        .unwrap();
+    admin.directory.create_domain(acme()).await.unwrap();
+    for (id, scope) in [
+        ("boss", v1::Scope::OfficeManager),
+        ("1001", v1::Scope::CallCenterAgent),
+    ] {
+        let mut u = common::user(id);
+        u.scope = scope as i32;
+        admin.directory.create_user(u).await.unwrap();
+    }
+    let mut s = watch(&mut admin, "1001").await;
+    let (trace, span) = (
+        0x1111_2222_3333_4444_5555_6666_7777_8888u128,
+        0x99aa_bbcc_ddee_ff00u64,
+    );
+    let mut req = tonic::Request::new(v1::PublishRequest {
+        events: vec![registration("1001")],
+    });
+    req.metadata_mut()
+        .insert("traceparent", traceparent(trace, span).parse().unwrap());
+    let r = admin.presence.publish(req).await.unwrap().into_inner();
+    assert!(r.results[0].accepted, "{r:?}");
+    until_state(&mut s, |st| {
+        st.presence == v1::PresenceStatus::Available as i32
+    })
+    .await;
+    let t = collector
+        .until("the embedded trace", |all| {
+            let t: Vec<Got> = all
+                .iter()
+                .filter(|s| s.trace_id == trace)
+                .cloned()
+                .collect();
+            t.iter().any(|s| s.name == "presence.deliver").then_some(t)
+        })
+        .await;
+    let call = one(&t, "/presence.v1.PresenceService/Publish", "solo");
+    assert_eq!(call.parent, span);
+    let apply = one(&t, "presence.apply", "solo");
+    assert_eq!(apply.parent, call.span_id);
+    let d = one(&t, "presence.deliver", "solo");
+    assert_eq!(d.parent, apply.span_id);
+    assert_eq!(d.attr("via"), Some("local"));
+    serve.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_change_is_one_trace_across_nodes_and_nats() {
+    let (collector, otlp, serve) = collector().await;
 
     let nats = NatsServer::start();
     let tmp = tempfile::tempdir().unwrap();
@@ -335,19 +424,11 @@ async fn test_a_change_is_one_trace_across_nodes_and_nats() {
     let caller_trace: u128 = 0x4bf9_2f35_77b3_4da6_a3ce_929d_0e0e_4736;
     let caller_span: u64 = 0x00f0_67aa_0ba9_02b7;
     let mut req = tonic::Request::new(v1::PublishRequest {
-        events: vec![event(
-            &agent,
-            1,
-            K::Registration(v1::Registration {
-                expires_seconds: 3600,
-            }),
-        )],
+        events: vec![registration(&agent)],
     });
     req.metadata_mut().insert(
         "traceparent",
-        format!("00-{caller_trace:032x}-{caller_span:016x}-01")
-            .parse()
-            .unwrap(),
+        traceparent(caller_trace, caller_span).parse().unwrap(),
     );
     let r = gw_a.presence.publish(req).await.unwrap().into_inner();
     assert!(r.results[0].accepted, "{r:?}");
@@ -405,10 +486,7 @@ async fn test_a_change_is_one_trace_across_nodes_and_nats() {
     let pbx_trace: u128 = 0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c;
     let pbx_span: u64 = 0xb7ad_6b71_6920_3331;
     let mut headers = async_nats::HeaderMap::new();
-    headers.insert(
-        "traceparent",
-        format!("00-{pbx_trace:032x}-{pbx_span:016x}-01").as_str(),
-    );
+    headers.insert("traceparent", traceparent(pbx_trace, pbx_span).as_str());
     let ringing = event(
         &agent,
         2,
